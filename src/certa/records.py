@@ -1,0 +1,240 @@
+"""The records that flow between stages, and their JSONL files.
+
+``Example`` (a question with its gold answers) → ``Generation`` (what a model
+answered, with the per-token evidence confidence methods need) → ``Record``
+(a generation joined with its example and graded). Each stage reads and writes
+JSONL; writes are atomic (temp file + rename) and read errors name the file and
+line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from .errors import InputError
+
+AnswerType = Literal["numeric", "short", "choice"]
+ANSWER_TYPES: tuple[str, ...] = ("numeric", "short", "choice")
+
+
+@dataclass
+class Example:
+    """A question and the answers accepted as correct (schema of ``shared/data/README.md``)."""
+
+    id: str
+    question: str
+    answers: list[str]
+    answer_type: AnswerType = "short"
+    choices: list[str] | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not str(self.id):
+            raise InputError("field 'id' is empty")
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise InputError(f"example {self.id!r}: field 'question' must be a non-empty string")
+        if not isinstance(self.answers, list) or not all(isinstance(a, str) for a in self.answers):
+            raise InputError(f"example {self.id!r}: field 'answers' must be a list of strings")
+        if self.answer_type not in ANSWER_TYPES:
+            raise InputError(
+                f"example {self.id!r}: field 'answer_type' is {self.answer_type!r}; expected one of {ANSWER_TYPES}"
+            )
+        if self.answer_type == "choice" and not self.choices:
+            raise InputError(f"example {self.id!r}: answer_type 'choice' needs a non-empty 'choices' list")
+
+
+@dataclass
+class Generation:
+    """One model response to one example, with everything read during decoding.
+
+    ``response`` is the answer text (special tokens stripped). ``token_ids``,
+    ``token_logprobs`` and ``token_entropies`` are per generated token, from the
+    same forward passes that produced the text. ``hidden_state`` is the
+    last-layer state at the last response position (the one that predicts the
+    end of the answer), when requested. ``samples`` are extra sampled
+    responses (temperature > 0) for consistency-style methods. ``confidence``
+    holds confidences read during generation itself (e.g. GrACE), keyed by
+    method name; ``sample_confidence`` the same for each sample.
+    """
+
+    id: str
+    prompt: str
+    response: str
+    model: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    token_entropies: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"
+    hidden_state: list[float] | None = None
+    samples: list[str] = field(default_factory=list)
+    confidence: dict[str, float] = field(default_factory=dict)
+    sample_confidence: dict[str, list[float]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Record(Generation):
+    """A generation joined with its example and graded: ``correct`` ∈ [0, 1].
+
+    ``sample_correct`` grades each of ``samples`` the same way (used by
+    test-time scaling). ``question`` / ``answers`` / ``answer_type`` /
+    ``choices`` are copied from the example so a record file stands alone.
+    """
+
+    question: str = ""
+    answers: list[str] = field(default_factory=list)
+    answer_type: AnswerType = "short"
+    choices: list[str] | None = None
+    correct: float = 0.0
+    sample_correct: list[float] = field(default_factory=list)
+
+    @classmethod
+    def from_generation(cls, gen: Generation, example: Example, correct: float,
+                        sample_correct: Sequence[float] = ()) -> Record:
+        return cls(
+            **{f.name: getattr(gen, f.name) for f in fields(Generation)},
+            question=example.question,
+            answers=list(example.answers),
+            answer_type=example.answer_type,
+            choices=list(example.choices) if example.choices else None,
+            correct=float(correct),
+            sample_correct=[float(c) for c in sample_correct],
+        )
+
+    def example(self) -> Example:
+        return Example(id=self.id, question=self.question, answers=list(self.answers),
+                       answer_type=self.answer_type, choices=self.choices)
+
+
+T = TypeVar("T", Example, Generation, Record)
+
+
+def to_dict(obj: Example | Generation | Record) -> dict[str, Any]:
+    return asdict(obj)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Build ``cls`` from a JSON object; unknown keys are kept in ``meta`` if it exists, else rejected."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in fields(cls)}
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in data]
+    if missing:
+        raise InputError(f"{where}: missing field {missing[0]!r}")
+    known = {k: v for k, v in data.items() if k in names}
+    extra = {k: v for k, v in data.items() if k not in names}
+    if extra:
+        known["meta"] = {**(known.get("meta") or {}), **extra}
+    try:
+        obj = cls(**known)
+    except TypeError as exc:  # pragma: no cover - defensive, dataclass signature mismatch
+        raise InputError(f"{where}: {exc}") from exc
+    if isinstance(obj, Example):
+        obj.id = str(obj.id)
+        try:
+            obj.validate()
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None
+    if isinstance(obj, Record):
+        _check_finite(obj.correct, "correct", where)
+    return obj
+
+
+def _check_finite(value: float, name: str, where: str) -> None:
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise InputError(f"{where}: field {name!r} must be a finite number, got {value!r}")
+
+
+def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; malformed JSON names file and line."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    with p.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{p}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def read_jsonl(path: str | os.PathLike[str], cls: type[T]) -> list[T]:
+    """Read a JSONL file of ``cls`` objects; errors say ``file:line: problem``."""
+    return [from_dict(cls, obj, where=f"{path}:{lineno}") for lineno, obj in iter_jsonl(path)]
+
+
+def write_jsonl(path: str | os.PathLike[str], items: Iterable[Example | Generation | Record | dict[str, Any]]) -> Path:
+    """Write items atomically: a reader never sees a half-written file."""
+    rows = (item if isinstance(item, dict) else to_dict(item) for item in items)
+    return atomic_write_lines(path, (json.dumps(r, ensure_ascii=False, allow_nan=False) for r in rows))
+
+
+def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for line in lines:
+                fh.write(line + "\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_lines(path, [text.rstrip("\n")])
+
+
+class JsonlAppender:
+    """Appends records one at a time to ``path.partial`` and renames on ``close``.
+
+    Long generation writes each finished record as it goes, so a killed run
+    loses nothing; ``done_ids`` lets a re-run skip what is already there.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done_ids: set[str] = set()
+        for source in (self.path, self.partial):
+            if source.exists():
+                for _, obj in iter_jsonl(source):
+                    self.done_ids.add(str(obj.get("id")))
+        if self.path.exists() and not self.partial.exists():
+            self.partial.write_text(self.path.read_text(encoding="utf-8"), encoding="utf-8")
+        self._fh = self.partial.open("a", encoding="utf-8")
+
+    def append(self, item: Generation | Record | dict[str, Any]) -> None:
+        row = item if isinstance(item, dict) else to_dict(item)
+        self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
+        self._fh.flush()
+        self.done_ids.add(str(row["id"]))
+
+    def close(self) -> Path:
+        self._fh.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._fh.close()  # keep .partial so the next run resumes
