@@ -1,0 +1,371 @@
+"""The ``certa`` command line: a thin layer over the Python API.
+
+Every subcommand reads and writes files, so stages chain and resume. Errors a
+user can fix print one line and exit with code 2; ``--debug`` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import CertaError, InputError
+
+app = typer.Typer(
+    name="certa",
+    help="Calibrated confidence for every answer a language model gives.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train a confidence method (LoRA adapter + confidence read-out).", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name (see `certa datasets`), a JSONL path, or hf:owner/name.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test or all (deterministic by id hash).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="use at most this many questions (a stable subset).")]
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show progress logs")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+# ── the main job ─────────────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("demo_out"),
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes: finishes in a few minutes on 2 CPU cores")] = False,
+    model: ModelOpt = "default",
+) -> None:
+    """Run the whole study on the bundled default model and data, print the table, write the report."""
+    from .demo import demo_config
+    from .pipeline import run_study
+
+    config = demo_config(out=out, quick=quick, model=model)
+    console.print(f"[bold]certa demo[/] on {config.model}: {', '.join(d.name for d in config.datasets)} → {out}")
+    result = run_study(config)
+    _print_study(result)
+
+
+@app.command()
+def run(config_path: Annotated[Path, typer.Argument(help="YAML run configuration (see configs/).")]) -> None:
+    """Run a study described by a YAML config (stages are cached and resume)."""
+    from .config import RunConfig
+    from .pipeline import run_study
+
+    config = RunConfig.from_yaml(config_path)
+    _print_study(run_study(config))
+
+
+def _print_study(result) -> None:
+    console.print(result.evaluation.table())
+    for name, res in result.by_dataset.items():
+        console.print(f"[bold]{name}[/]: n={res.n}, accuracy={res.accuracy:.3f}")
+    console.print(f"metrics: {result.out / 'metrics.json'}\nreport:  {result.out / 'report.html'}")
+
+
+# ── single stages ─────────────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="generations JSONL (resumes if it exists)")],
+    model: ModelOpt = "default",
+    dataset: DatasetOpt = "arithmetic",
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    samples: Annotated[int, typer.Option(help="extra sampled answers per question")] = 0,
+    temperature: Annotated[float, typer.Option(help="temperature of the sampled answers")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="answer length limit")] = 48,
+    batch_size: Annotated[int, typer.Option(help="questions per batch")] = 16,
+    hidden_states: Annotated[bool, typer.Option(help="store the last hidden state (probe, GrACE targets)")] = True,
+    seed: int = 0,
+) -> None:
+    """Answer a dataset's questions (batched), keeping log-probs, hidden states and samples."""
+    from .data import load_dataset
+    from .models import load_model
+    from .pipeline import generate_stage
+
+    examples = load_dataset(dataset, split=split, limit=limit, seed=seed)
+    lm = load_model(model)
+    hooks = _realtime_hooks(lm)
+    gens = generate_stage(
+        lm, examples, out, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples,
+        temperature=temperature, hidden_states=hidden_states, hooks=hooks, seed=seed,
+    )
+    console.print(f"wrote {len(gens)} generations to {out}")
+
+
+def _realtime_hooks(lm) -> list:
+    """A GrACE artifact reads its confidence during generation itself."""
+    if lm.artifact and lm.artifact.get("method") == "grace":
+        from .methods.grace import GraceHook
+
+        return [GraceHook(lm)]
+    return []
+
+
+@app.command()
+def grade(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="generations JSONL")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="graded records JSONL")],
+    dataset: DatasetOpt = "arithmetic",
+) -> None:
+    """Grade generations against the dataset's answers (joined by id)."""
+    from .data import load_dataset
+    from .pipeline import grade_stage
+    from .records import Generation, read_jsonl
+
+    gens = read_jsonl(inp, Generation)
+    examples = load_dataset(dataset, split="all")
+    records = grade_stage(gens, examples, out)
+    acc = sum(r.correct for r in records) / len(records)
+    console.print(f"graded {len(records)} answers: accuracy {acc:.3f} → {out}")
+
+
+@train_app.command("grace")
+def train_grace_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="artifact directory")],
+    model: ModelOpt = "default",
+    dataset: DatasetOpt = "arithmetic",
+    limit: LimitOpt = 300,
+    records: Annotated[Optional[Path], typer.Option(help="graded train records to use instead of generating")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with training hyper-parameters")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="override epochs")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
+) -> None:
+    """Train GrACE: a <CNF> token whose probability is the confidence (SPEC §1)."""
+    _train("grace", out, model, dataset, limit, records, config, epochs, resume)
+
+
+@train_app.command("conftuner")
+def train_conftuner_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="artifact directory")],
+    model: ModelOpt = "default",
+    dataset: DatasetOpt = "arithmetic",
+    limit: LimitOpt = 300,
+    records: Annotated[Optional[Path], typer.Option(help="graded train records to use instead of generating")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML with training hyper-parameters")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="override epochs")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
+) -> None:
+    """Train ConfTuner: verbalized confidence tuned with the tokenized Brier score (SPEC §2)."""
+    _train("conftuner", out, model, dataset, limit, records, config, epochs, resume)
+
+
+def _train(method, out, model, dataset, limit, records_path, config_path, epochs, resume) -> None:
+    from .models import load_model
+    from .pipeline import load_records, train_method
+    from .training.objective import TrainConfig
+
+    train_config = TrainConfig()
+    if config_path is not None:
+        from .config import load_yaml_mapping
+
+        train_config = _validated(TrainConfig, load_yaml_mapping(config_path), str(config_path))
+    if epochs is not None:
+        train_config = train_config.model_copy(update={"epochs": epochs})
+    lm = load_model(model)
+    if records_path is not None:
+        records = load_records(records_path)
+    else:
+        records = _own_graded_answers(lm, dataset, limit, Path(out))
+    path = train_method(method, lm, records, train_config, Path(out), resume=resume)
+    console.print(f"trained {method} on {len(records)} answers → {path} (load with certa.load_model({str(path)!r}))")
+
+
+def _own_graded_answers(lm, dataset: str, limit: int | None, out: Path):
+    """The base model's own greedy answers on the train split, graded (the training data of both methods)."""
+    from .data import load_dataset
+    from .pipeline import generate_stage, grade_stage
+
+    examples = load_dataset(dataset, split="train", limit=limit)
+    gens = generate_stage(lm, examples, out / "train.generations.jsonl", max_new_tokens=48, batch_size=16)
+    return grade_stage(gens, examples, out / "train.records.jsonl")
+
+
+def _validated(model_cls, data, where):
+    from pydantic import ValidationError
+
+    from .config import format_validation_error
+
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{where}: {format_validation_error(exc)}") from None
+
+
+@app.command()
+def score(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="graded records JSONL (or answers + --dataset)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="scores JSONL")] = Path("scores.jsonl"),
+    method: Annotated[str, typer.Option("--method", help="comma-separated method names (see `certa methods`)")] = "sequence_likelihood",
+    model: ModelOpt = "default",
+    fit: Annotated[Optional[Path], typer.Option(help="graded train records for methods that must be fitted")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="grade ungraded answers against this dataset first")] = None,
+) -> None:
+    """Score answers with confidence methods — including answers written by another (black-box) model."""
+    from .models import load_model
+    from .pipeline import load_records, score_stage, write_scores
+
+    methods = [m.strip() for m in method.split(",") if m.strip()]
+    records = _records_or_answers(inp, dataset)
+    fit_records = load_records(fit) if fit else ()
+    needs_model = _methods_need_model(methods)
+    lm = load_model(model) if needs_model else None
+    models = {lm.artifact["method"]: lm} if lm is not None and lm.artifact else {}
+    scored = score_stage(methods, records, fit_records=fit_records, models=models, default_model=lm)
+    write_scores(out, records, scored)
+    console.print(f"scored {len(records)} answers with {', '.join(methods)} → {out}")
+
+
+def _records_or_answers(path: Path, dataset: str | None):
+    from .records import Generation, Record, iter_jsonl, read_jsonl
+
+    first = next((obj for _, obj in iter_jsonl(path)), None)
+    if first is None:
+        raise InputError(f"{path}: no rows")
+    if "correct" in first:
+        return read_jsonl(path, Record)
+    if dataset is None:
+        raise InputError(f"{path}: rows have no 'correct' field; pass --dataset to grade them first")
+    from .data import grade, load_dataset
+
+    return grade(read_jsonl(path, Generation), load_dataset(dataset, split="all"))
+
+
+def _methods_need_model(methods) -> bool:
+    from .methods import Needs, method_class
+
+    return any(Needs.MODEL in method_class(part).needs for m in methods for part in m.split("+"))
+
+
+@app.command()
+def evaluate(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="scores JSONL from `certa score`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for metrics.json and report.html")] = Path("eval"),
+    n_bins: Annotated[int, typer.Option(help="ECE bins")] = 10,
+    n_bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
+) -> None:
+    """Compute calibration metrics with bootstrap CIs; write metrics.json and report.html."""
+    from .evaluation import evaluate as run_evaluate
+    from .evaluation import package_versions
+    from .pipeline import read_scores
+
+    correct, scores = read_scores(inp)
+    result = run_evaluate(correct, scores, n_bins=n_bins, n_bootstrap=n_bootstrap,
+                          extra={"input": str(inp), "versions": package_versions()})
+    result.save(out)
+    result.to_html(out / "report.html", title=f"certa — {inp.name}")
+    console.print(result.table())
+    console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
+
+
+@app.command()
+def report(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="scores JSONL from `certa score`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file")] = Path("report.html"),
+    n_bins: Annotated[int, typer.Option(help="bins of the reliability diagrams")] = 10,
+) -> None:
+    """Write a self-contained HTML report (reliability diagrams, risk–coverage curves)."""
+    from .evaluation import evaluate as run_evaluate
+    from .pipeline import read_scores
+
+    correct, scores = read_scores(inp)
+    run_evaluate(correct, scores, n_bins=n_bins).to_html(out, title=f"certa — {inp.name}")
+    console.print(f"report: {out}")
+
+
+# ── catalogues ────────────────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def methods() -> None:
+    """List every confidence method with what it is and what it costs."""
+    from rich.table import Table
+
+    from .methods import method_class, method_names
+
+    table = Table(title="confidence methods")
+    for col in ("name", "what", "cost", "needs"):
+        table.add_column(col)
+    for name in method_names():
+        cls = method_class(name)
+        needs = ", ".join(flag.name.lower() for flag in type(cls.needs) if flag in cls.needs and flag.value) or "-"
+        table.add_row(name, cls.describe(), cls.cost, needs)
+    console.print(table)
+    console.print("Any method can be wrapped in a post-hoc calibrator: e.g. 'sequence_likelihood+platt'.")
+
+
+@app.command()
+def datasets() -> None:
+    """List the bundled datasets."""
+    from .data import dataset_names, describe_dataset
+
+    for name in dataset_names():
+        console.print(f"[bold]{name}[/]: {describe_dataset(name)}")
+
+
+@app.command()
+def serve(
+    model: ModelOpt = "default",
+    method: Annotated[Optional[str], typer.Option(help="confidence method (default: the artifact's own, else sequence_likelihood)")] = None,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    api_key: Annotated[Optional[str], typer.Option(help="require this bearer token", envvar="CERTA_API_KEY")] = None,
+) -> None:
+    """Serve an OpenAI-compatible API whose every choice carries a confidence."""
+    from .server import serve as run_server
+
+    run_server(model, method=method, host=host, port=port, api_key=api_key)
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors (exit 2) unless --debug."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except CertaError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted; finished work is saved and a re-run resumes it")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, OSError) and not _state["debug"]:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

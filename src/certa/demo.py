@@ -1,0 +1,33 @@
+"""The configuration of ``certa demo``: the bundled default model on bundled data.
+
+Sizes are chosen so that ``--quick`` finishes within a few minutes on two CPU
+cores and the full demo within about fifteen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import DEFAULT_BASELINES, DatasetSettings, GenerationSettings, RunConfig, TrainingSettings
+from .training.objective import TrainConfig
+
+DEMO_DATASETS = ("arithmetic", "triviaqa")
+
+
+def demo_config(out: Path, *, quick: bool = False, model: str = "default") -> RunConfig:
+    """The demo study: every baseline plus GrACE and ConfTuner, trained on the train split."""
+    train_limit, test_limit = (120, 60) if quick else (400, 200)
+    epochs = 1.0 if quick else 2.0
+    training = TrainingSettings(
+        grace=TrainConfig(epochs=epochs, batch_size=8),
+        conftuner=TrainConfig(epochs=epochs, batch_size=8),
+    )
+    return RunConfig(
+        model=model,
+        out=out,
+        datasets=[DatasetSettings(name=d, train_limit=train_limit, test_limit=test_limit) for d in DEMO_DATASETS],
+        methods=[*DEFAULT_BASELINES, "grace", "conftuner"],
+        generation=GenerationSettings(max_new_tokens=40, batch_size=16, samples=3 if quick else 5),
+        training=training,
+        evaluation={"n_bins": 10, "n_bootstrap": 300 if quick else 1000},
+    )

@@ -1,0 +1,46 @@
+"""Training losses as pure torch functions (no model, no state).
+
+Each one is a few lines and is checked against hand-computed values in
+``tests/test_losses.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def grace_calibration_loss(conf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """GrACE's calibration loss: mean squared error between confidences and targets.
+
+    ``conf`` and ``target`` have the same shape (one value per example), values in [0, 1].
+    """
+    return F.mse_loss(conf, target.to(conf.dtype))
+
+
+def tokenized_brier(probs: torch.Tensor, correct: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """ConfTuner's tokenized Brier score: mean over the batch of Σ_i p_i (y − s_i)².
+
+    ``probs`` [B, N]: each row a distribution over the N confidence tokens (a
+    softmax restricted to them); ``correct`` [B]: correctness y ∈ [0, 1];
+    ``scores`` [N]: the confidence s_i each token stands for. The loss is
+    linear in ``probs``, so for a fixed correctness rate its minimiser is a
+    one-hot row on the score nearest that rate — a proper scoring rule over
+    the scores.
+    """
+    y = correct.to(probs.dtype).unsqueeze(-1)
+    squared_error = (y - scores.to(probs.dtype).unsqueeze(0)) ** 2
+    return (probs * squared_error).sum(dim=-1).mean()
+
+
+def response_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy: ``logits[:, t]`` predicts ``labels[:, t + 1]``.
+
+    ``labels`` hold ``-100`` on every position that must not be learned (the
+    prompt, padding, added tokens), so only the response tokens count.
+    """
+    shifted_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    shifted_labels = labels[:, 1:].reshape(-1)
+    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)
