@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -35,7 +35,7 @@ _state = {"debug": False}
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact.")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name (see `certa datasets`), a JSONL path, or hf:owner/name.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test or all (deterministic by id hash).")]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="use at most this many questions (a stable subset).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="use at most this many questions (a stable subset).")]
 
 
 @app.callback()
@@ -80,7 +80,7 @@ def run(config_path: Annotated[Path, typer.Argument(help="YAML run configuration
 def _print_study(result) -> None:
     console.print(result.evaluation.table())
     for name, res in result.by_dataset.items():
-        console.print(f"[bold]{name}[/]: n={res.n}, accuracy={res.accuracy:.3f}")
+        console.print(f"[bold]{name}[/]: n={res.n}, accuracy={res.accuracy.format()}")
     console.print(f"metrics: {result.out / 'metrics.json'}\nreport:  {result.out / 'report.html'}")
 
 
@@ -149,9 +149,9 @@ def train_grace_cmd(
     model: ModelOpt = "default",
     dataset: DatasetOpt = "arithmetic",
     limit: LimitOpt = 300,
-    records: Annotated[Optional[Path], typer.Option(help="graded train records to use instead of generating")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML with training hyper-parameters")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="override epochs")] = None,
+    records: Annotated[Path | None, typer.Option(help="graded train records to use instead of generating")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with training hyper-parameters")] = None,
+    epochs: Annotated[float | None, typer.Option(help="override epochs")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
 ) -> None:
     """Train GrACE: a <CNF> token whose probability is the confidence (SPEC §1)."""
@@ -164,9 +164,9 @@ def train_conftuner_cmd(
     model: ModelOpt = "default",
     dataset: DatasetOpt = "arithmetic",
     limit: LimitOpt = 300,
-    records: Annotated[Optional[Path], typer.Option(help="graded train records to use instead of generating")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML with training hyper-parameters")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="override epochs")] = None,
+    records: Annotated[Path | None, typer.Option(help="graded train records to use instead of generating")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML with training hyper-parameters")] = None,
+    epochs: Annotated[float | None, typer.Option(help="override epochs")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
 ) -> None:
     """Train ConfTuner: verbalized confidence tuned with the tokenized Brier score (SPEC §2)."""
@@ -221,8 +221,8 @@ def score(
     out: Annotated[Path, typer.Option("--out", "-o", help="scores JSONL")] = Path("scores.jsonl"),
     method: Annotated[str, typer.Option("--method", help="comma-separated method names (see `certa methods`)")] = "sequence_likelihood",
     model: ModelOpt = "default",
-    fit: Annotated[Optional[Path], typer.Option(help="graded train records for methods that must be fitted")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="grade ungraded answers against this dataset first")] = None,
+    fit: Annotated[Path | None, typer.Option(help="graded train records for methods that must be fitted")] = None,
+    dataset: Annotated[str | None, typer.Option(help="grade ungraded answers against this dataset first")] = None,
 ) -> None:
     """Score answers with confidence methods — including answers written by another (black-box) model."""
     from .models import load_model
@@ -269,12 +269,10 @@ def evaluate(
 ) -> None:
     """Compute calibration metrics with bootstrap CIs; write metrics.json and report.html."""
     from .evaluation import evaluate as run_evaluate
-    from .evaluation import package_versions
     from .pipeline import read_scores
 
     correct, scores = read_scores(inp)
-    result = run_evaluate(correct, scores, n_bins=n_bins, n_bootstrap=n_bootstrap,
-                          extra={"input": str(inp), "versions": package_versions()})
+    result = run_evaluate(correct, scores, n_bins=n_bins, n_bootstrap=n_bootstrap, extra={"input": str(inp)})
     result.save(out)
     result.to_html(out / "report.html", title=f"certa — {inp.name}")
     console.print(result.table())
@@ -329,10 +327,10 @@ def datasets() -> None:
 @app.command()
 def serve(
     model: ModelOpt = "default",
-    method: Annotated[Optional[str], typer.Option(help="confidence method (default: the artifact's own, else sequence_likelihood)")] = None,
+    method: Annotated[str | None, typer.Option(help="confidence method (default: the artifact's own, else sequence_likelihood)")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
-    api_key: Annotated[Optional[str], typer.Option(help="require this bearer token", envvar="CERTA_API_KEY")] = None,
+    api_key: Annotated[str | None, typer.Option(help="require this bearer token", envvar="CERTA_API_KEY")] = None,
 ) -> None:
     """Serve an OpenAI-compatible API whose every choice carries a confidence."""
     from .server import serve as run_server

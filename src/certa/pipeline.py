@@ -170,7 +170,7 @@ class StudyResult:
 def run_study(config: RunConfig, *, progress: bool = True) -> StudyResult:
     """Generate, grade, train, score and evaluate as ``config`` says; resumes from ``config.out``."""
     from .data import load_dataset
-    from .evaluation import evaluate, package_versions
+    from .evaluation import evaluate
     from .models import load_model
 
     out = Path(config.out)
@@ -202,7 +202,7 @@ def run_study(config: RunConfig, *, progress: bool = True) -> StudyResult:
         test_records[ds.name] = grade_stage(test_gen, test_ex, d / "test.records.jsonl")
 
     pooled_train = [r for rs in train_records.values() for r in rs]
-    artifacts = train_methods(config, lm, pooled_train, out / "artifacts")
+    artifacts = train_methods(config, pooled_train, out / "artifacts")
     models = {name: load_model(str(path)) for name, path in artifacts.items()}
 
     per_dataset: dict[str, EvaluationResult] = {}
@@ -229,7 +229,6 @@ def run_study(config: RunConfig, *, progress: bool = True) -> StudyResult:
     pooled_records = [r for ds in config.datasets for r in test_records[ds.name]]
     extra = {
         "config": json.loads(config.model_dump_json()),
-        "versions": package_versions(),
         "generation_seconds": gen_seconds,
         "costs": costs,
         "diagnostics": diagnostics,
@@ -255,8 +254,15 @@ def _check_methods(methods: Sequence[str]) -> None:
             method_class(part)
 
 
-def train_methods(config: RunConfig, lm: LoadedModel, records: Sequence[Record], root: Path) -> dict[str, Path]:
-    """Train the trainable methods the config asks for; reuse an artifact trained with the same config."""
+def train_methods(config: RunConfig, records: Sequence[Record], root: Path) -> dict[str, Path]:
+    """Train the trainable methods the config asks for; reuse an artifact trained with the same config.
+
+    Each method trains on its own fresh copy of the base model (a cached load is
+    fast), so one method's added tokens and adapter never leak into another or
+    into the baselines.
+    """
+    from .models import load_model
+
     artifacts: dict[str, Path] = {}
     for method in TRAINED_METHODS:
         if method not in config.methods:
@@ -272,7 +278,7 @@ def train_methods(config: RunConfig, lm: LoadedModel, records: Sequence[Record],
         if (out / "certa.json").exists() and stamp.exists() and stamp.read_text() == fingerprint:
             log.info("reusing trained %s at %s", method, out)
         else:
-            train_method(method, lm, records, train_config, out, resume=True)
+            train_method(method, load_model(config.model), records, train_config, out, resume=True)
             atomic_write_text(stamp, fingerprint)
         artifacts[method] = out
     return artifacts

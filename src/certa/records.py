@@ -188,6 +188,7 @@ def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Pa
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for line in lines:
                 fh.write(line + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should look like any other
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -197,6 +198,12 @@ def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Pa
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_lines(path, [text.rstrip("\n")])
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class JsonlAppender:

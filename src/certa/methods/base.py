@@ -142,5 +142,15 @@ def get_method(name: str, model: LoadedModel | None = None, **options: Any) -> C
     if "+" in name:
         base, calibrator = name.rsplit("+", 1)
         method_class(base)  # fail early, naming the unknown part
-        return method_class(calibrator)(model=model, base=base, **options)
-    return method_class(name)(model=model, **options)
+        return _construct(method_class(calibrator), name, model=model, base=base, **options)
+    return _construct(method_class(name), name, model=model, **options)
+
+
+def _construct(cls: type[ConfidenceMethod], name: str, **kwargs: Any) -> ConfidenceMethod:
+    import inspect
+
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise InputError(f"method {name!r}: {exc}") from None
+    return cls(**kwargs)

@@ -90,7 +90,8 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 2
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prompt = engine.render_chat([(m.role, m.text()) for m in body.messages])
-        result = await _run(request, body, prompt, body.requested_max_tokens)
+        users = [m.text() for m in body.messages if m.role == "user"]
+        result = await _run(request, body, prompt, body.requested_max_tokens, users[-1] if users else "")
         meta = _meta("chatcmpl", engine.model_name)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -101,7 +102,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 2
     async def completions(body: CompletionRequest, request: Request):
         if body.echo:
             raise APIError(400, "echo is not supported", param="echo", code="unsupported_parameter")
-        result = await _run(request, body, body.prompt, body.requested_max_tokens)
+        result = await _run(request, body, body.prompt, body.requested_max_tokens, body.prompt)
         meta = _meta("cmpl", engine.model_name)
         with_logprobs = body.logprobs is not None
         if body.stream:
@@ -112,7 +113,7 @@ def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 2
 
 
 async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt: str,
-               max_tokens: int | None) -> EngineResult:
+               max_tokens: int | None, question: str) -> EngineResult:
     """Check a request against the limits, queue it and wait for its answers."""
     engine: Engine = request.app.state.engine
     limits: Limits = request.app.state.limits
@@ -131,7 +132,8 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
                        param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
                        code="context_length_exceeded")
     job = EngineRequest(prompt=prompt, max_new_tokens=max_tokens or limits.default_max_tokens,
-                        temperature=body.temperature, n=body.n, stop=tuple(body.stops))
+                        n=body.n, stop=tuple(body.stops),
+                        question=question)
     try:
         return await request.app.state.batcher.submit(job)
     except QueueFullError as exc:
@@ -200,7 +202,7 @@ def _confidence(choice: ChoiceResult, method: str) -> dict[str, Any]:
 def _chat_logprobs(tokens: list[str], logprobs: list[float]) -> dict[str, Any]:
     # Only the chosen token's log-prob comes out of generation; alternatives are not computed.
     content = [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-               for t, lp in zip(tokens, logprobs)]
+               for t, lp in zip(tokens, logprobs, strict=True)]
     return {"content": content, "refusal": None}
 
 
@@ -235,7 +237,7 @@ def _chat_chunks(meta: dict, result: EngineResult, method: str, logprobs: bool,
     for i, choice in enumerate(result.choices):
         yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}]}
-        for token, lp in zip(choice.tokens, choice.token_logprobs):
+        for token, lp in zip(choice.tokens, choice.token_logprobs, strict=True):
             yield {**head, "choices": [{"index": i, "delta": {"content": token},
                                         "logprobs": _chat_logprobs([token], [lp]) if logprobs else None,
                                         "finish_reason": None}]}
@@ -249,7 +251,7 @@ def _completion_chunks(meta: dict, result: EngineResult, method: str, logprobs: 
     """Legacy completion chunks: one per token, then a final one with the confidence."""
     head = {**meta, "object": "text_completion"}
     for i, choice in enumerate(result.choices):
-        for token, lp in zip(choice.tokens, choice.token_logprobs):
+        for token, lp in zip(choice.tokens, choice.token_logprobs, strict=True):
             yield {**head, "choices": [{"index": i, "text": token, "finish_reason": None,
                                         "logprobs": _text_logprobs([token], [lp]) if logprobs else None}]}
         yield {**head, "choices": [{"index": i, "text": "", "logprobs": None,
@@ -259,7 +261,7 @@ def _completion_chunks(meta: dict, result: EngineResult, method: str, logprobs: 
 def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
     # The answer is already complete when streaming starts (it came out of a batch), so the
     # events are produced eagerly; streaming still lets clients use their ordinary code path.
-    def events() -> Iterator[str]:
+    async def events() -> AsyncIterator[str]:
         for chunk in chunks:
             yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         yield "data: [DONE]\n\n"

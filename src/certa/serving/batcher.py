@@ -140,7 +140,7 @@ class MicroBatcher(Generic[Req, Res]):
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        for (_, fut), result in zip(live, results):
+        for (_, fut), result in zip(live, results, strict=True):
             if not fut.done():
                 fut.set_result(result)
 

@@ -10,27 +10,33 @@ generation through a decode hook; ConfTuner scores the answer afterwards).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CertaError
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
+    from ..records import Example, Generation
 
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """One prompt, already rendered to the model's text format, and how to continue it."""
+    """One prompt, already rendered to the model's text format, and how to continue it.
+
+    Decoding is always greedy: the confidence methods are calibrated for the greedy answer.
+    """
 
     prompt: str
     max_new_tokens: int
-    temperature: float = 0.0
     n: int = 1
     stop: tuple[str, ...] = ()
+    question: str = ""  # the last user message: what read-out methods (ConfTuner, P(True)) ask about
 
 
 @dataclass
@@ -98,38 +104,73 @@ def cut_at_stop(tokens: Sequence[str], stops: Sequence[str]) -> tuple[list[str],
     return kept, True
 
 
-class ConfidenceEngine:
-    """Batched generation with a confidence per answer from one ``certa.methods`` method.
+def token_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
+    """Each token's text, such that the pieces join to the decoded answer.
 
-    ``method`` must be usable without fitting (a training-free baseline or a
-    trained GrACE / ConfTuner artifact loaded as ``lm``).
+    Decoding a token alone loses leading spaces (SentencePiece) and splits
+    multi-byte characters, so each piece is the difference between decoding a
+    few tokens of context with and without it; a token that ends inside a
+    character gets "" and the character goes to the token that completes it.
+    """
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    pieces: list[str] = []
+    done = 0  # tokens whose text has been emitted
+    for end in range(1, len(token_ids) + 1):
+        context = max(0, done - 4)
+        text = decode(token_ids[context:end])
+        if text.endswith("\ufffd"):
+            pieces.append("")
+            continue
+        pieces.append(text[len(decode(token_ids[context:done])):])
+        done = end
+    return pieces
+
+
+class ConfidenceEngine:
+    """Batched greedy generation with a confidence per answer from one ``certa.methods`` method.
+
+    ``method`` must be usable without fitting: a training-free baseline
+    (``sequence_likelihood``, ``mean_entropy``, ``p_true``…) or the method of a
+    trained GrACE / ConfTuner artifact loaded as ``lm``. Not thread-safe: the
+    server calls ``complete`` from one worker thread.
     """
 
     def __init__(self, lm: LoadedModel, method: str = "sequence_likelihood", *, model_name: str | None = None,
                  seed: int = 0):
         from ..methods import Needs, get_method
+        from ..models import end_token_ids
 
         self.lm = lm
         self.model_name = model_name or lm.name
         self.method_name = method
         self.method = get_method(method, model=lm)
-        if self.method.requires_fit and not self.method.fitted:
-            raise CertaError(f"method {method!r} must be fitted before serving; serve a training-free "
-                             "method or a trained artifact instead")
+        if self.method.requires_fit:
+            raise CertaError(f"method {method!r} must be fitted on graded records, which the server cannot do; "
+                             "serve a training-free method or a trained artifact")
         if Needs.SAMPLES in self.method.needs:
             raise CertaError(f"method {method!r} needs sampled answers, which the server does not generate; "
-                             "pick a method without Needs.SAMPLES")
+                             "pick a method that does not need samples")
         self.seed = seed
-        self._hooks = tuple(getattr(self.method, "hooks", lambda: ())())
+        self._hooks = self._realtime_hooks()
         # The event loop counts prompt tokens while the worker thread generates; a fast tokenizer
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
-        self._special_ids = set(lm.tokenizer.all_special_ids)
+        self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))
+
+    def _realtime_hooks(self) -> tuple[object, ...]:
+        """GrACE reads its confidence during decoding (one step over the KV cache), not afterwards."""
+        if self.method_name == "grace":
+            from ..methods.grace import GraceHook
+
+            return (GraceHook(),)
+        return ()
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         from ..prompts import SYSTEM_PROMPT
 
         chat = [{"role": "system" if role == "developer" else role, "content": text} for role, text in messages]
+        if not getattr(self._counter, "chat_template", None):
+            return "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
         if chat[0]["role"] != "system":
             # Same system prompt as every other certa stage, so confidence read-outs see familiar text
             # (and templates such as SmolLM2's do not insert their own default).
@@ -141,72 +182,58 @@ class ConfidenceEngine:
 
     def complete(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         results: dict[int, EngineResult] = {}
-        # One generate call per (length, temperature): a shared max_new_tokens would change
-        # finish reasons, and greedy and sampled rows cannot share one decoding call.
-        key = lambda i: (requests[i].max_new_tokens, requests[i].temperature)  # noqa: E731
-        for _, group in itertools.groupby(sorted(range(len(requests)), key=key), key=key):
+        # One generate call per answer length: a shared max_new_tokens would change finish reasons.
+        length = lambda i: requests[i].max_new_tokens  # noqa: E731
+        for _, group in itertools.groupby(sorted(range(len(requests)), key=length), key=length):
             indices = list(group)
-            for i, result in zip(indices, self._complete_group([requests[i] for i in indices])):
-                results[i] = result
+            answers = self._complete_group([requests[i] for i in indices])
+            results.update(zip(indices, answers, strict=True))
         return [results[i] for i in range(len(requests))]
 
     def _complete_group(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        from ..generation import generate
-
-        rows = [(r, k) for r in requests for k in range(r.n)]
-        first = requests[0]
-        generations = generate(
-            self.lm, [self._example(r.prompt, i) for i, (r, _) in enumerate(rows)],
-            max_new_tokens=first.max_new_tokens, batch_size=len(rows), temperature=first.temperature,
-            hooks=self._hooks, seed=self.seed, progress=False,
-        )
-        for gen, (request, _) in zip(generations, rows):
-            self._apply_stop(gen, request.stop)
-        confidences = self._score(generations)
-        choices = [self._choice(gen, conf) for gen, conf in zip(generations, confidences)]
-        out, start = [], 0
-        for request in requests:
-            out.append(EngineResult(choices[start:start + request.n], self.count_tokens(request.prompt)))
-            start += request.n
-        return out
-
-    def _example(self, prompt: str, index: int):
+        from ..generation import RAW_PROMPT_KEY, generate
         from ..records import Example
 
-        return Example(id=f"req-{index}", question=prompt, answers=[""], meta={"prompt": prompt})
+        # Decoding is greedy, so the n choices of a request are one answer repeated: generate it once.
+        examples = [Example(id=f"request-{i}", question=r.question or r.prompt, answers=[""],
+                            meta={RAW_PROMPT_KEY: r.prompt}) for i, r in enumerate(requests)]
+        with self._answer_mode():
+            generations = generate(self.lm, examples, max_new_tokens=requests[0].max_new_tokens,
+                                   batch_size=len(examples), hooks=self._hooks, seed=self.seed, progress=False)
+        for gen, request in zip(generations, requests, strict=True):
+            self._apply_stop(gen, request.stop)
+        confidences = self._score(generations, examples)
+        return [EngineResult([self._choice(gen, conf)] * request.n, self.count_tokens(request.prompt))
+                for gen, conf, request in zip(generations, confidences, requests, strict=True)]
 
-    def _pieces(self, token_ids: Sequence[int]) -> list[str]:
-        # Decode growing prefixes so multi-byte characters split over tokens land in one piece
-        # and the pieces join exactly to the decoded answer.
-        pieces, previous = [], ""
-        for end in range(1, len(token_ids) + 1):
-            text = self.lm.tokenizer.decode(token_ids[:end], skip_special_tokens=True)
-            pieces.append(text[len(previous):] if text.startswith(previous) else text)
-            previous = text
-        return pieces
+    def _answer_mode(self) -> AbstractContextManager[object]:
+        """Answers come from the base model unless a trained artifact was trained on its own answers."""
+        info = (self.lm.artifact or {}).get("method_info", {})
+        return contextlib.nullcontext() if info.get("answers_use_adapter") else self.lm.adapter_disabled()
 
-    def _apply_stop(self, gen, stops: Sequence[str]) -> None:
+    def _apply_stop(self, gen: Generation, stops: Sequence[str]) -> None:
         """Cut a generation at its first stop string, keeping the per-token lists aligned."""
         keep = [i for i, t in enumerate(gen.token_ids) if t not in self._special_ids]
-        pieces = self._pieces([gen.token_ids[i] for i in keep])
+        pieces = token_pieces(self.lm.tokenizer, [gen.token_ids[i] for i in keep])
         kept, cut = cut_at_stop(pieces, stops)
         gen.meta["pieces"] = kept
         if not cut:
             return
-        last = keep[len(kept) - 1] + 1 if kept else 0
+        # Keep at least the token the stop string starts in: log-prob methods need one token to score,
+        # and an answer cut to nothing was still that token's choice.
+        last = keep[len(kept) - 1] + 1 if kept else (keep[0] + 1 if keep else 1)
         gen.token_ids, gen.token_logprobs = gen.token_ids[:last], gen.token_logprobs[:last]
         gen.token_entropies = gen.token_entropies[:last]
-        gen.response, gen.finish_reason = "".join(kept), "stop"
+        gen.response, gen.finish_reason = "".join(kept).strip(), "stop"
 
-    def _score(self, generations) -> list[float]:
-        from ..records import Example, Record
+    def _score(self, generations: Sequence[Generation], examples: Sequence[Example]) -> list[float]:
+        from ..records import Record
 
-        records = [Record.from_generation(g, Example(id=g.id, question=g.prompt, answers=[""]), correct=0.0)
-                   for g in generations]
+        records = [Record.from_generation(g, ex, correct=0.0) for g, ex in zip(generations, examples, strict=True)]
         return [float(c) for c in self.method(records)]
 
-    def _choice(self, gen, confidence: float) -> ChoiceResult:
+    def _choice(self, gen: Generation, confidence: float) -> ChoiceResult:
         pieces = gen.meta["pieces"]
-        logprobs = [lp for t, lp in zip(gen.token_ids, gen.token_logprobs) if t not in self._special_ids]
+        logprobs = [lp for t, lp in zip(gen.token_ids, gen.token_logprobs, strict=True) if t not in self._special_ids]
         return ChoiceResult(text="".join(pieces), finish_reason=gen.finish_reason, confidence=confidence,
                             tokens=pieces, token_logprobs=logprobs[: len(pieces)])

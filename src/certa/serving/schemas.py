@@ -17,6 +17,7 @@ class _Request(BaseModel):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
+    # Accepted for compatibility; decoding is greedy because confidences are calibrated for that answer.
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     n: int = Field(1, ge=1)
     stream: bool = False
@@ -58,6 +59,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream_options: dict | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -41,6 +41,8 @@ def response_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     ``labels`` hold ``-100`` on every position that must not be learned (the
     prompt, padding, added tokens), so only the response tokens count.
     """
-    shifted_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    # Low-precision logits (bf16 training) are upcast; float64 stays float64.
+    shifted_logits = logits[:, :-1].reshape(-1, logits.size(-1))
+    shifted_logits = shifted_logits.to(torch.promote_types(shifted_logits.dtype, torch.float32))
     shifted_labels = labels[:, 1:].reshape(-1)
     return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX)

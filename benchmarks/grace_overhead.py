@@ -1,0 +1,117 @@
+"""GrACE's cost on top of generation: plain generate vs generate + the GrACE hook, in one run.
+
+Every phase answers the same questions with the same settings (greedy,
+``max_new_tokens``, batch size) on the same weights, with torch threads
+pinned. Phases are interleaved and repeated; the median CPU seconds of each
+is compared with plain generation:
+
+* ``plain``          the base model, no adapter
+* ``grace-step``     GrACE artifact (LoRA + <CNF> row), answers with the adapter off,
+                     plus the read-out step over the KV cache (the default)
+* ``grace-free``     <CNF> row only, read from the state generation already computed
+* ``consistency-5``  plain + 5 sampled answers per question, for contrast
+
+The GrACE head is untrained (fresh LoRA, initial <CNF> row): the read-out's
+cost does not depend on training. Also checks that both GrACE phases give the
+same greedy answers as plain generation.
+
+    python benchmarks/grace_overhead.py                       # bundled default model
+    python benchmarks/grace_overhead.py --count 32 --max-new-tokens 64 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from certa.data import load_dataset
+from certa.generation import generate
+from certa.methods.grace import GraceHook, add_cnf_token
+from certa.models import LoadedModel, load_model
+from certa.records import Example, Generation
+from certa.training.objective import TrainConfig
+from certa.training.trainer import attach_adapter
+
+
+def grace_model(spec: str, device: str | None, *, lora: bool) -> LoadedModel:
+    """The base model with an untrained GrACE head: <CNF> added, LoRA attached when ``lora``."""
+    lm = load_model(spec, device=device)
+    cnf = add_cnf_token(lm)
+    config = TrainConfig() if lora else TrainConfig(target_modules=[])
+    attach_adapter(lm, config, [cnf])
+    lm.model.eval()
+    return lm
+
+
+def timed(run: Callable[[], list[Generation]]) -> tuple[float, float, list[Generation]]:
+    """Wall and CPU seconds of ``run``; CPU time is the fairer measure on a shared machine."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dataset", default="triviaqa")
+    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned for every phase")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    plain = load_model(args.model, device=args.device)
+    step = grace_model(args.model, args.device, lora=True)
+    free = grace_model(args.model, args.device, lora=False)
+    examples: list[Example] = load_dataset(args.dataset, split="test", limit=args.count)
+    print(f"model {plain.name} on {plain.device} ({plain.dtype}); torch {torch.__version__}; "
+          f"threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
+    print(f"{len(examples)} {args.dataset} questions, batch {args.batch_size}, greedy, "
+          f"max_new_tokens={args.max_new_tokens}, {args.repeats} interleaved repeats (median)")
+
+    options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=False)
+
+    def run_grace(lm: LoadedModel, readout: str) -> list[Generation]:
+        with lm.adapter_disabled():  # answers from the base model; the hook switches the adapter on
+            return generate(lm, examples, hooks=[GraceHook(readout=readout)], **options)
+
+    phases: dict[str, Callable[[], list[Generation]]] = {
+        "plain": lambda: generate(plain, examples, **options),
+        "grace-step": lambda: run_grace(step, "step"),
+        "grace-free": lambda: run_grace(free, "free"),
+        "consistency-5": lambda: generate(plain, examples, samples=5, **options),
+    }
+    for run in phases.values():  # warm-up: first-call allocations and kernels
+        run()
+    wall: dict[str, list[float]] = {name: [] for name in phases}
+    cpu: dict[str, list[float]] = {name: [] for name in phases}
+    answers: dict[str, list[list[int]]] = {}
+    for _ in range(args.repeats):
+        for name, run in phases.items():
+            w, c, gens = timed(run)
+            wall[name].append(w)
+            cpu[name].append(c)
+            answers[name] = [g.token_ids for g in gens]
+
+    tokens = sum(len(ids) for ids in answers["plain"])
+    print(f"{tokens} answer tokens in total ({tokens / len(examples):.1f} per answer)")
+    base_cpu, base_wall = statistics.median(cpu["plain"]), statistics.median(wall["plain"])
+    print(f"{'phase':<15}{'cpu s':>9}{'wall s':>9}{'cpu ratio':>11}{'wall ratio':>12}")
+    for name in phases:
+        c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+        print(f"{name:<15}{c:>9.2f}{w:>9.2f}{c / base_cpu:>11.3f}{w / base_wall:>12.3f}")
+    for name in ("grace-step", "grace-free"):
+        same = answers[name] == answers["plain"]
+        print(f"{name}: greedy answers identical to plain generation: {same}")
+
+
+if __name__ == "__main__":
+    main()

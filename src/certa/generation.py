@@ -1,0 +1,409 @@
+"""Batched generation that keeps everything confidence methods read.
+
+One decoding pass per batch yields the greedy answer together with its
+per-token log-probs and entropies (from the raw logits) and, on request, the
+last-layer hidden state at the position that predicts the end of the answer.
+``samples=K`` adds one sampled decoding call per batch. ``hooks`` see each
+call's sequences, masks, KV cache and final states (a ``DecodeState``) and
+return one confidence per row, so a method such as GrACE costs one extra short
+step instead of a second pass over prompt and answer.
+
+Examples are sorted by prompt length before batching (less padding) and
+returned in input order. With ``out=`` every finished batch is appended to a
+JSONL file at once, and a re-run skips the ids already there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+
+from .errors import InputError
+from .models import end_token_ids
+from .prompts import question_prompt
+from .records import Example, Generation, JsonlAppender, read_jsonl
+
+if TYPE_CHECKING:
+    import os
+
+    from .models import LoadedModel
+
+RAW_PROMPT_KEY = "raw_prompt"
+"""``Example.meta`` key holding a fully rendered prompt to use verbatim (the server's raw chats)."""
+
+
+@dataclass
+class DecodeState:
+    """What one ``model.generate`` call leaves behind, handed to every hook.
+
+    Rows are the batch's examples, or ``samples`` consecutive rows per example
+    for a sampled call. ``past_key_values`` covers every position of
+    ``sequences`` except the last (``generate`` never feeds its final token);
+    certa crops it back after each hook, so hooks may extend it freely.
+    """
+
+    sequences: torch.LongTensor
+    prompt_length: int
+    attention_mask: torch.LongTensor
+    response_lengths: list[int]
+    past_key_values: Any
+    last_hidden: torch.Tensor
+
+
+class GenerationHook(Protocol):
+    """Reads one confidence per row right after decoding (e.g. GrACE's ``<CNF>`` step)."""
+
+    name: str
+
+    def on_batch_end(self, lm: LoadedModel, state: DecodeState) -> list[float]: ...
+
+
+@dataclass
+class _Settings:
+    max_new_tokens: int
+    samples: int
+    temperature: float
+    hidden_states: bool
+    hooks: tuple[GenerationHook, ...]
+    seed: int
+
+
+@dataclass
+class _Decoded:
+    """One generate call, reduced to per-row facts."""
+
+    sequences: torch.Tensor
+    prompt_length: int
+    attention_mask: torch.Tensor
+    response_lengths: list[int]
+    stopped: list[bool]
+    past_key_values: Any
+    logits: tuple[torch.Tensor, ...] | None
+    last_hidden: torch.Tensor | None
+
+    def response_ids(self, row: int) -> list[int]:
+        start = self.prompt_length
+        return self.sequences[row, start:start + self.response_lengths[row]].tolist()
+
+
+@dataclass
+class _Item:
+    example: Example
+    prompt: str
+    prompt_ids: list[int]
+
+
+def generate(
+    lm: LoadedModel,
+    examples: Iterable[Example],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    samples: int = 0,
+    temperature: float = 1.0,
+    hidden_states: bool = False,
+    hooks: Sequence[GenerationHook] = (),
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> list[Generation]:
+    """Answer every example greedily, in batches, keeping token log-probs and entropies.
+
+    Args:
+        lm: a model from :func:`certa.load_model`.
+        examples: the questions; ids must be unique.
+        max_new_tokens: generation limit per answer (``finish_reason="length"`` when hit).
+        batch_size: examples per decoding call (sampled calls hold ``batch_size * samples`` rows).
+        samples: extra answers sampled at ``temperature`` per example, stored in ``Generation.samples``.
+        temperature: sampling temperature of the extra answers (the main answer is always greedy).
+        hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
+        hooks: objects with ``name`` and ``on_batch_end(lm, state) -> list[float]``; their values go to
+            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples).
+        seed: makes sampling reproducible (each batch is seeded from ``seed`` and its ids).
+        out: JSONL path; finished batches are appended as they complete and ids already in the
+            file are skipped (resume).
+        progress: show a progress bar over examples.
+
+    Returns:
+        One ``Generation`` per example, in input order (resumed ones read back from ``out``).
+    """
+    examples = list(examples)
+    settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed)
+    _check_arguments(examples, settings, batch_size)
+    with contextlib.ExitStack() as stack:
+        appender = stack.enter_context(JsonlAppender(out)) if out is not None else None
+        done = _finished_generations(appender)
+        _check_resumable(out, [done[ex.id] for ex in examples if ex.id in done], settings)
+        todo = [ex for ex in examples if ex.id not in done]
+        for batch in _progress(_length_sorted_batches(lm, todo, batch_size), len(examples), len(todo), progress):
+            for gen in _generate_batch(lm, batch, settings):
+                done[gen.id] = gen
+                if appender is not None:
+                    appender.append(gen)
+    return [done[ex.id] for ex in examples]
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+
+def _check_arguments(examples: list[Example], s: _Settings, batch_size: int) -> None:
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if s.max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {s.max_new_tokens}")
+    if s.samples < 0:
+        raise InputError(f"samples must be 0 or more, got {s.samples}")
+    if s.samples and not s.temperature > 0:
+        raise InputError(f"temperature must be positive to sample, got {s.temperature}")
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise InputError(f"example id {ex.id!r} appears more than once; ids must be unique")
+        seen.add(ex.id)
+    for hook in s.hooks:
+        if not getattr(hook, "name", None) or not callable(getattr(hook, "on_batch_end", None)):
+            raise InputError(f"hook {hook!r} needs a 'name' and an 'on_batch_end(lm, state)' method")
+
+
+def _finished_generations(appender: JsonlAppender | None) -> dict[str, Generation]:
+    # The appender has already copied a finished file into its .partial, so that file is the
+    # complete record of earlier runs.
+    if appender is None or not appender.partial.exists():
+        return {}
+    return {g.id: g for g in read_jsonl(appender.partial, Generation)}
+
+
+def _check_resumable(out: Any, resumed: list[Generation], s: _Settings) -> None:
+    """Refuse to resume from generations that lack what this call asks for (they would be returned as-is)."""
+    missing = []
+    if s.hidden_states and any(g.hidden_state is None for g in resumed):
+        missing.append("hidden states")
+    if any(len(g.samples) < s.samples for g in resumed):
+        missing.append(f"{s.samples} samples")
+    missing += [f"hook {h.name!r}" for h in s.hooks if any(h.name not in g.confidence for g in resumed)]
+    if missing:
+        raise InputError(f"{out}: earlier generations lack {', '.join(missing)}; "
+                         "delete the file (and its .partial) or write to a new path")
+
+
+def _progress(batches: Iterator[list[_Item]], total: int, todo: int, enabled: bool) -> Iterator[list[_Item]]:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=total - todo, disable=not enabled, unit="ex", desc="generate") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch))
+
+
+def _length_sorted_batches(lm: LoadedModel, examples: list[Example], batch_size: int) -> Iterator[list[_Item]]:
+    """Batches of similar prompt length, longest first (a memory error shows up at once)."""
+    if not examples:
+        return
+    prompts = [_prompt_text(lm, ex) for ex in examples]
+    # Chat templates already spell out their special tokens; adding them again would double BOS.
+    ids = lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    items = sorted((_Item(ex, p, i) for ex, p, i in zip(examples, prompts, ids, strict=True)),
+                   key=lambda item: -len(item.prompt_ids))
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+def _prompt_text(lm: LoadedModel, example: Example) -> str:
+    raw = example.meta.get(RAW_PROMPT_KEY) if example.meta else None
+    return raw if isinstance(raw, str) else lm.chat_prompt(question_prompt(example))
+
+
+def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[Generation]:
+    input_ids, attention_mask = _left_pad(lm, [item.prompt_ids for item in batch])
+    greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
+                     capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True)
+    gens = [_to_generation(lm, item, greedy, row, s.hidden_states) for row, item in enumerate(batch)]
+    for hook, values in _run_hooks(lm, greedy, s.hooks):
+        for gen, value in zip(gens, values, strict=True):
+            gen.confidence[hook.name] = value
+    if s.samples:
+        _add_samples(lm, gens, input_ids, attention_mask, s)
+    return gens
+
+
+def _add_samples(lm: LoadedModel, gens: list[Generation], input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, s: _Settings) -> None:
+    k = s.samples
+    torch.manual_seed(_batch_seed(s.seed, [g.id for g in gens]))
+    sampled = _decode(lm, input_ids, attention_mask, s.max_new_tokens, capture_hidden=bool(s.hooks),
+                      keep_logits=False, samples=k, temperature=s.temperature)
+    texts = [_decode_text(lm, sampled.response_ids(row)) for row in range(len(gens) * k)]
+    for i, gen in enumerate(gens):
+        gen.samples = texts[i * k:(i + 1) * k]
+    for hook, values in _run_hooks(lm, sampled, s.hooks):
+        for i, gen in enumerate(gens):
+            gen.sample_confidence[hook.name] = values[i * k:(i + 1) * k]
+
+
+def _batch_seed(seed: int, ids: list[str]) -> int:
+    # Seeded by content, not batch position, so a resumed run samples the same answers for a batch.
+    return zlib.crc32(f"{seed}\x00{'|'.join(ids)}".encode())
+
+
+# --- one decoding call -----------------------------------------------------------------------
+
+
+def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    pad = lm.tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return input_ids.to(lm.device), mask.to(lm.device)
+
+
+@torch.no_grad()
+def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+            *, capture_hidden: bool, keep_logits: bool, samples: int = 0, temperature: float = 1.0) -> _Decoded:
+    """One ``model.generate`` call: greedy, or ``samples`` sampled rows per prompt."""
+    from transformers import GenerationConfig
+
+    stop_ids = end_token_ids(lm)
+    # A fresh config, not the model's: its defaults (repetition penalty, top-p, ...) would make the
+    # "greedy" answer and its log-probs depend on whoever packaged the model.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=lm.tokenizer.pad_token_id,
+        do_sample=samples > 0, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
+        output_logits=keep_logits, use_cache=True,
+    )
+    if samples:
+        config.temperature, config.top_k, config.top_p = temperature, 0, 1.0
+    with _final_states(lm.model, capture_hidden) as steps:
+        output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    prompt_length = input_ids.shape[1]
+    prompt_mask = attention_mask.repeat_interleave(max(samples, 1), dim=0)
+    lengths, stopped = _response_lengths(output.sequences[:, prompt_length:], stop_ids)
+    return _Decoded(
+        sequences=output.sequences,
+        prompt_length=prompt_length,
+        attention_mask=_full_mask(prompt_mask, lengths, output.sequences.shape[1] - prompt_length),
+        response_lengths=lengths,
+        stopped=stopped,
+        past_key_values=output.past_key_values,
+        logits=output.logits if keep_logits else None,
+        last_hidden=_end_states(steps, lengths) if capture_hidden else None,
+    )
+
+
+@contextlib.contextmanager
+def _final_states(model: torch.nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
+    """Collect, per decoding step, the LM head's input at the newest position.
+
+    The LM head's input *is* the last-layer, post-norm hidden state, whatever the
+    architecture; ``generate`` only sends it the last position, so this costs a
+    [rows, hidden] copy per step and no extra forward.
+    """
+    steps: list[torch.Tensor] = []
+    if not enabled:
+        yield steps
+        return
+
+    def grab(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        steps.append(args[0][:, -1, :].detach())
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(grab)
+    try:
+        yield steps
+    finally:
+        handle.remove()
+
+
+def _response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[list[int], list[bool]]:
+    """Tokens per row up to and including the first end-of-turn token, and whether it came."""
+    is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
+    stopped = is_stop.any(dim=1)
+    first = is_stop.int().argmax(dim=1)
+    lengths = torch.where(stopped, first + 1, torch.full_like(first, generated.shape[1]))
+    return lengths.tolist(), stopped.tolist()
+
+
+def _full_mask(prompt_mask: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
+    """1 on real prompt and real response tokens; 0 on left pads and on pads after a row ended."""
+    positions = torch.arange(width, device=prompt_mask.device)
+    response = positions[None, :] < torch.tensor(lengths, device=prompt_mask.device)[:, None]
+    return torch.cat([prompt_mask, response.to(prompt_mask.dtype)], dim=1)
+
+
+def _end_states(steps: list[torch.Tensor], lengths: list[int]) -> torch.Tensor:
+    """Each row's state at step ``length - 1``: the position whose output is its last token."""
+    if len(steps) < max(lengths):
+        raise RuntimeError("hidden states were not captured at every decoding step (unexpected LM head)")
+    stacked = torch.stack(steps)  # [steps, rows, hidden]
+    rows = torch.arange(stacked.shape[1], device=stacked.device)
+    index = torch.tensor(lengths, device=stacked.device) - 1
+    return stacked[index, rows]
+
+
+# --- turning a decoded row into records ------------------------------------------------------
+
+
+def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, keep_hidden: bool) -> Generation:
+    ids = decoded.response_ids(row)
+    logprobs, entropies = _token_stats(decoded.logits, ids, row)
+    hidden = decoded.last_hidden[row].float().cpu().tolist() if keep_hidden and decoded.last_hidden is not None else None
+    return Generation(
+        id=item.example.id,
+        prompt=item.prompt,
+        response=_decode_text(lm, ids),
+        model=lm.name,
+        token_ids=ids,
+        token_logprobs=logprobs,
+        token_entropies=entropies,
+        finish_reason="stop" if decoded.stopped[row] else "length",
+        hidden_state=hidden,
+    )
+
+
+def _token_stats(logits: tuple[torch.Tensor, ...] | None, ids: list[int], row: int) -> tuple[list[float], list[float]]:
+    """Log-prob of each chosen token and the entropy of its distribution, from raw logits."""
+    if logits is None or not ids:
+        return [], []
+    step_logits = torch.stack([logits[t][row] for t in range(len(ids))]).float()  # [tokens, vocab]
+    logp = torch.log_softmax(step_logits, dim=-1)
+    chosen = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None]).squeeze(1)
+    probs = logp.exp()
+    # p·log p is 0 where p underflows to 0; without the where, 0 · -inf would give NaN.
+    entropy = -torch.where(probs > 0, probs * logp, torch.zeros_like(logp)).sum(dim=-1)
+    return chosen.cpu().tolist(), entropy.cpu().tolist()
+
+
+def _decode_text(lm: LoadedModel, ids: list[int]) -> str:
+    return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def _run_hooks(lm: LoadedModel, decoded: _Decoded,
+               hooks: tuple[GenerationHook, ...]) -> Iterator[tuple[GenerationHook, list[float]]]:
+    if not hooks:
+        return
+    cache = decoded.past_key_values
+    cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
+    state = DecodeState(
+        sequences=decoded.sequences, prompt_length=decoded.prompt_length,
+        attention_mask=decoded.attention_mask, response_lengths=decoded.response_lengths,
+        past_key_values=cache, last_hidden=decoded.last_hidden,
+    )
+    rows = decoded.sequences.shape[0]
+    for hook in hooks:
+        values = [float(v) for v in hook.on_batch_end(lm, state)]
+        if len(values) != rows:
+            raise RuntimeError(f"hook {hook.name!r} returned {len(values)} values for {rows} rows")
+        _restore_length(cache, cached)
+        yield hook, values
+
+
+def _restore_length(cache: Any, length: int | None) -> None:
+    """Drop positions a hook appended, so the next hook sees the cache generate left."""
+    if length is None or not hasattr(cache, "crop"):
+        return
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)  # a negative count removes that many positions (old and new transformers)

@@ -1,0 +1,142 @@
+"""Post-hoc calibrators: learn a monotone map from a base method's scores to accuracy.
+
+``get_method("sequence_likelihood+platt")`` (or ``Platt(base=...)``) wraps a
+base method; ``fit(records)`` fits the base when it needs fitting and then the
+1-D mapping on graded records (use a calibration split, not the test split);
+``score`` is the mapping applied to the base method's scores. A base that is
+itself fitted on these records would hand the mapping over-confident
+in-sample scores, so such a base is cross-fitted: the mapping learns from
+out-of-fold scores and the base is then refitted on all records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import expit, logit
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
+
+from ..errors import InputError
+from ..records import Record
+from .base import ConfidenceMethod, Needs, check_scores, method_class, register
+from .probe import correctness, fit_soft_logistic, not_fitted
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+_EPS = 1e-6  # keeps logit finite for scores of exactly 0 or 1
+
+
+class Calibrator(ConfidenceMethod):
+    """Base class: a fitted 1-D map applied to the scores of a ``base`` method.
+
+    ``base`` is a method name or a method instance (an already-fitted instance
+    is used as is); ``base_options`` go to the base method's constructor;
+    ``folds`` is the number of cross-fitting folds for a base that needs fitting.
+    """
+
+    needs = Needs.FIT
+    cost = "the base method's cost, plus a 1-D map; fit: on graded calibration records"
+
+    def __init__(self, model: LoadedModel | None = None, base: str | ConfidenceMethod = "sequence_likelihood",
+                 *, base_options: dict[str, Any] | None = None, folds: int = 5):
+        super().__init__(model, base=base, base_options=base_options, folds=folds)
+        if folds < 2:
+            raise InputError(f"folds must be at least 2, got {folds}")
+        self.base = base if isinstance(base, ConfidenceMethod) else \
+            method_class(base)(model=model, **(base_options or {}))
+        self.folds = folds
+        self.needs = self.base.needs | Needs.FIT  # type: ignore[misc]  # per instance: depends on the base
+        self.cost = f"{self.base.cost}; plus a fitted 1-D map"  # type: ignore[misc]
+
+    def fit(self, records: Sequence[Record]) -> Calibrator:
+        targets = correctness(records)
+        if self.base.requires_fit and not self.base.fitted:
+            scores = self._out_of_fold_scores(records)
+            self.base.fit(records)
+        else:
+            scores = self._base_scores(records)
+        self._fit_map(scores, targets)
+        self.fitted = True
+        return self
+
+    def score(self, records: Sequence[Record]) -> np.ndarray:
+        if not self.fitted:
+            raise not_fitted(self)
+        return self._apply_map(self._base_scores(records))
+
+    def _base_scores(self, records: Sequence[Record]) -> np.ndarray:
+        return check_scores(self.base.score(records), len(records), self.base.name)
+
+    def _out_of_fold_scores(self, records: Sequence[Record]) -> np.ndarray:
+        if len(records) < self.folds:
+            raise InputError(f"{self.name}: {len(records)} records are too few for {self.folds}-fold cross-fitting")
+        scores = np.empty(len(records))
+        for train, held_out in KFold(self.folds, shuffle=True, random_state=0).split(np.arange(len(records))):
+            # A fresh base per fold, built with the same options as the one being wrapped.
+            fold_base = type(self.base)(model=self.base.model, **self.base.options)
+            fold_base.fit([records[i] for i in train])
+            scores[held_out] = check_scores(
+                fold_base.score([records[i] for i in held_out]), len(held_out), self.base.name
+            )
+        return scores
+
+    def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _apply_map(self, scores: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    return logit(np.clip(scores, _EPS, 1.0 - _EPS))
+
+
+@register("platt")
+class Platt(Calibrator):
+    """Platt scaling: sigmoid(a · logit(score) + b), fitted by logistic regression."""
+
+    def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        # Nearly unregularised: two parameters cannot overfit, and a penalty would pull a toward 0.
+        self._model = fit_soft_logistic(_logit(scores)[:, None], targets, LogisticRegression(C=1e4),
+                                        who=self.name)
+
+    def _apply_map(self, scores: np.ndarray) -> np.ndarray:
+        return self._model.predict_proba(_logit(scores)[:, None])[:, 1]
+
+
+@register("temperature")
+class Temperature(Calibrator):
+    """Temperature scaling: sigmoid(logit(score) / T), one T > 0 minimising the log loss.
+
+    Keeps the ranking of the base scores (AUROC unchanged) and maps 0.5 to 0.5.
+    """
+
+    def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        z = _logit(scores)
+
+        def log_loss(log_t: float) -> float:
+            p = np.clip(expit(z / np.exp(log_t)), _EPS, 1.0 - _EPS)
+            return float(-np.mean(targets * np.log(p) + (1.0 - targets) * np.log1p(-p)))
+
+        # T in [e^-5, e^5] covers any useful sharpening or flattening.
+        self.temperature = float(np.exp(minimize_scalar(log_loss, bounds=(-5.0, 5.0), method="bounded").x))
+
+    def _apply_map(self, scores: np.ndarray) -> np.ndarray:
+        return expit(_logit(scores) / self.temperature)
+
+
+@register("isotonic")
+class Isotonic(Calibrator):
+    """Isotonic regression: the best non-decreasing step map from score to accuracy (scikit-learn)."""
+
+    def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, targets)
+
+    def _apply_map(self, scores: np.ndarray) -> np.ndarray:
+        return self._model.predict(scores)

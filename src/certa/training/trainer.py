@@ -1,0 +1,312 @@
+"""One training loop for every trainable confidence method.
+
+An :class:`~certa.training.objective.Objective` says what to add to the model,
+how records become batches and what the loss is; this module owns the rest:
+the PEFT adapter (LoRA plus trainable rows for added tokens), AdamW with a
+separate learning rate for those rows, ``accelerate`` (so ``accelerate launch``
+with multi-GPU, FSDP or DeepSpeed configs works unchanged), seeded shuffling,
+atomic checkpoints, exact resume, a per-step log and the saved artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError, MissingDependencyError
+from .objective import Objective, TrainConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch import nn
+
+    from ..models import LoadedModel
+    from ..records import Record
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+TRAIN_LOG = "train_log.jsonl"
+KEEP_CHECKPOINTS = 2
+_ADAPTER_SUBDIR = "adapter"
+
+
+def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], config: TrainConfig,
+          out_dir: str | os.PathLike[str], *, resume: bool = False, progress: bool = True,
+          extra: dict[str, Any] | None = None) -> Path:
+    """Train ``objective`` on graded ``records`` and save a loadable artifact in ``out_dir``.
+
+    ``lm`` is modified in place (tokens added, adapter attached); load the
+    returned artifact with :func:`certa.models.load_model` to use the result.
+    With ``resume=True`` training continues from the newest checkpoint in
+    ``out_dir/checkpoints`` and ends in the same state as an uninterrupted run.
+    ``extra`` is merged into the artifact's ``certa.json`` (e.g. metrics).
+    """
+    out = Path(out_dir)
+    if not records:
+        raise InputError("train: no training records given")
+    from accelerate.utils import set_seed
+
+    set_seed(config.seed)
+    objective.prepare(lm, config)
+    items = objective.build_items(lm, records, config)
+    if not items:
+        raise InputError("train: the objective built no training items from the records")
+    attach_adapter(lm, config, objective.trainable_token_ids(lm))
+
+    accelerator = _make_accelerator(lm, config)
+    optimizer = build_optimizer(lm.model, config)
+    loader = _make_loader(objective, lm, items, config)
+    total_steps = _total_steps(len(loader), config)
+    scheduler = _make_scheduler(optimizer, total_steps * accelerator.num_processes)
+    lm.model, optimizer, loader, scheduler = accelerator.prepare(lm.model, optimizer, loader, scheduler)
+    _register_adapter_hooks(accelerator)
+
+    start_step = _resume(accelerator, out) if resume else 0
+    _run_loop(objective, lm, config, accelerator, optimizer, loader, scheduler, out,
+              start_step=start_step, total_steps=total_steps, progress=progress)
+
+    accelerator.wait_for_everyone()
+    lm.model = accelerator.unwrap_model(lm.model)
+    from .artifact import save_artifact
+
+    summary = {"data": data_summary(records, len(items)), "steps": total_steps, **(extra or {})}
+    if accelerator.is_main_process:
+        save_artifact(lm, objective, config, out, summary)
+    accelerator.wait_for_everyone()
+    return out
+
+
+# ---------------------------------------------------------------- adapter and optimiser
+
+
+def embedding_module_names(model: nn.Module) -> list[str]:
+    """Leaf names of the input embedding and, when untied, the output embedding (e.g. ``embed_tokens``)."""
+    inp, outp = model.get_input_embeddings(), model.get_output_embeddings()
+    names = [_leaf_name(model, inp)]
+    if outp is not None and outp.weight is not inp.weight:
+        names.append(_leaf_name(model, outp))
+    return names
+
+
+def _leaf_name(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name.rsplit(".", 1)[-1]
+    raise ValueError("embedding module not found in the model")  # pragma: no cover - HF models always have one
+
+
+def attach_adapter(lm: LoadedModel, config: TrainConfig, token_ids: Sequence[int]) -> None:
+    """Wrap ``lm.model`` in a PEFT model: LoRA on ``config.target_modules`` plus trainable token rows.
+
+    Only the rows in ``token_ids`` train (with tied embeddings one row serves
+    both the embedding and the LM head); every original row stays
+    bit-identical. An empty ``target_modules`` trains the token rows alone.
+    """
+    from peft import LoraConfig, TrainableTokensConfig, get_peft_model
+
+    token_ids = sorted(set(int(t) for t in token_ids))
+    rows = {name: token_ids for name in embedding_module_names(lm.model)} if token_ids else None
+    if config.target_modules:
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+            target_modules=list(config.target_modules), trainable_token_indices=rows, task_type="CAUSAL_LM",
+        )
+    elif rows:
+        peft_config = TrainableTokensConfig(target_modules=list(rows), token_indices=token_ids)
+    else:
+        raise InputError("train: nothing to train (no target_modules and no trainable tokens)")
+    lm.model = get_peft_model(lm.model, peft_config)
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with two groups: LoRA weights at ``lr``, added token rows at ``token_lr``."""
+    token_rows, others = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (token_rows if "trainable_tokens_delta" in name else others).append(param)
+    groups = [{"params": others, "lr": config.lr}, {"params": token_rows, "lr": config.token_lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+
+
+# ---------------------------------------------------------------- accelerate plumbing
+
+
+def _make_accelerator(lm: LoadedModel, config: TrainConfig) -> Accelerator:
+    try:
+        from accelerate import Accelerator
+        from accelerate.utils import DataLoaderConfiguration
+    except ImportError as exc:  # pragma: no cover - accelerate is a core dependency
+        raise MissingDependencyError("training needs accelerate: pip install 'accelerate>=1.0'") from exc
+    on_cpu = lm.device.type == "cpu"
+    bf16 = not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return Accelerator(
+        cpu=on_cpu,
+        mixed_precision="bf16" if bf16 else "no",
+        gradient_accumulation_steps=config.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+
+
+def _make_loader(objective: Objective, lm: LoadedModel, items: list[dict[str, Any]],
+                 config: TrainConfig) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.utils.data.DataLoader(
+        items, batch_size=config.batch_size, shuffle=True, generator=generator,
+        collate_fn=lambda batch: objective.collate(lm, batch),
+    )
+
+
+def _total_steps(batches_per_epoch: int, config: TrainConfig) -> int:
+    steps = math.ceil(config.epochs * math.ceil(batches_per_epoch / config.grad_accum))
+    return min(steps, config.max_steps) if config.max_steps else steps
+
+
+def _make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    # Linear decay to zero; accelerate steps it once per process, hence the caller's scaling.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max(1, total_steps)))
+
+
+def _register_adapter_hooks(accelerator: Accelerator) -> None:
+    """Checkpoint only the adapter (a few MB), not the whole base model, in ``save_state``."""
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for model in models:
+            accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / _ADAPTER_SUBDIR,
+                                                            save_embedding_layers=False)
+        weights.clear()  # stops accelerate from also writing the full model
+
+    def load_hook(models: list, input_dir: str) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        while models:
+            model = accelerator.unwrap_model(models.pop())
+            state = load_file(str(Path(input_dir) / _ADAPTER_SUBDIR / "adapter_model.safetensors"))
+            set_peft_model_state_dict(model, state)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _run_loop(objective: Objective, lm: LoadedModel, config: TrainConfig, accelerator: Accelerator,
+              optimizer: torch.optim.Optimizer, loader: Any, scheduler: Any, out: Path, *,
+              start_step: int, total_steps: int, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+    step = start_step
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {objective.method}",
+               disable=not (progress and accelerator.is_main_process))
+    lm.model.train()
+    while step < total_steps:
+        # accelerate closes a partial accumulation at the end of each epoch, so a step
+        # number maps to (epoch, batches already consumed in it) without ambiguity.
+        epoch, steps_in_epoch = divmod(step, steps_per_epoch)
+        loader.set_epoch(epoch)
+        skip = steps_in_epoch * config.grad_accum
+        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
+        for batch in batches:
+            with accelerator.accumulate(lm.model), accelerator.autocast():
+                loss, scalars = objective.loss(lm, batch, config)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            _log_step(out, accelerator, step, loss, scheduler, scalars)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % config.save_every == 0 or step == total_steps:
+                save_checkpoint(accelerator, out, step)
+            if step >= total_steps:
+                break
+    bar.close()
+    lm.model.eval()
+
+
+def _log_step(out: Path, accelerator: Accelerator, step: int, loss: torch.Tensor, scheduler: Any,
+              scalars: dict[str, float]) -> None:
+    if not accelerator.is_main_process:
+        return
+    row = {"step": step, "loss": float(loss.item()), "lr": scheduler.get_last_lr()[0], **scalars}
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / TRAIN_LOG).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints in ``out/checkpoints``, oldest first."""
+    root = out / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
+    """Write ``out/checkpoints/step-N`` atomically (temp dir, then rename) and keep the last two."""
+    root = out / CHECKPOINT_DIR
+    final = root / f"step-{step}"
+    tmp = root / f".tmp-step-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _resume(accelerator: Accelerator, out: Path) -> int:
+    """Load the newest checkpoint; return its step (0 when there is none)."""
+    found = checkpoint_dirs(out)
+    if not found:
+        log.info("no checkpoint in %s; starting from scratch", out / CHECKPOINT_DIR)
+        return 0
+    latest = found[-1]
+    accelerator.load_state(str(latest))
+    step = int(json.loads((latest / "step.json").read_text(encoding="utf-8"))["step"])
+    if accelerator.is_main_process:
+        _truncate_log(out / TRAIN_LOG, step)
+    log.info("resumed from %s", latest)
+    return step
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be redone)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def data_summary(records: Sequence[Record], n_items: int) -> dict[str, Any]:
+    """What the artifact was trained on: counts, accuracy and sources."""
+    correct = [float(r.correct) for r in records]
+    sources = sorted({str(r.meta.get("source", "")) for r in records} - {""})
+    return {"records": len(records), "items": n_items, "accuracy": sum(correct) / len(correct),
+            "models": sorted({r.model for r in records if r.model}), "sources": sources}

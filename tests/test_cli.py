@@ -1,0 +1,121 @@
+"""The CLI end to end on the tiny model, and its handling of bad input (one line, exit code 2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from certa import cli
+from certa.records import Generation, Record, read_jsonl, write_jsonl
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    old = sys.argv
+    sys.argv = ["certa", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code or 0
+    finally:
+        sys.argv = old
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def questions(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    rows = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answers": [str(2 * i)], "answer_type": "numeric"}
+            for i in range(6)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def graded_records(tmp_path):
+    """Records with mixed correctness and a signal in the log-probs, as a real run would give."""
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(60):
+        correct = float(i % 3 != 0)
+        n = int(rng.integers(2, 6))
+        logprobs = list(rng.normal(-0.3 if correct else -1.5, 0.3, size=n).clip(max=0))
+        records.append(Record(id=f"r{i}", prompt="p", response=str(i), token_ids=list(range(n)),
+                              token_logprobs=logprobs, token_entropies=list(rng.uniform(0, 2, n)),
+                              hidden_state=list(rng.normal(correct, 1.0, size=8)),
+                              question=f"q{i}", answers=[str(i)], answer_type="numeric", correct=correct))
+    path = tmp_path / "records.jsonl"
+    write_jsonl(path, records)
+    return path
+
+
+def test_generate_grade_score_evaluate_on_tiny_model(capsys, tmp_path, tiny_model_dir, questions):
+    gens, records, scores, evaldir = (tmp_path / n for n in ("g.jsonl", "r.jsonl", "s.jsonl", "eval"))
+    code, _, err = run_cli(capsys, "generate", "-m", str(tiny_model_dir), "-d", str(questions), "--split", "all",
+                           "--max-new-tokens", "6", "--batch-size", "4", "-o", str(gens))
+    assert code == 0, err
+    assert len(read_jsonl(gens, Generation)) == 6
+    code, _, err = run_cli(capsys, "grade", "--in", str(gens), "-d", str(questions), "-o", str(records))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "score", "--in", str(records), "-m", str(tiny_model_dir), "-o", str(scores),
+                           "--method", "sequence_likelihood,token_entropy,p_true,verbalized")
+    assert code == 0, err
+    rows = [json.loads(line) for line in scores.read_text().splitlines()]
+    assert len(rows) == 6 and set(rows[0]["scores"]) == {"sequence_likelihood", "token_entropy", "p_true", "verbalized"}
+    assert all(0 <= v <= 1 for row in rows for v in row["scores"].values())
+
+
+def test_score_fit_and_evaluate_write_metrics_and_report(capsys, tmp_path, graded_records):
+    scores, evaldir = tmp_path / "s.jsonl", tmp_path / "eval"
+    code, _, err = run_cli(capsys, "score", "--in", str(graded_records), "--fit", str(graded_records),
+                           "--method", "sequence_likelihood,token_entropy,linear_probe,sequence_likelihood+platt",
+                           "-o", str(scores))
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "evaluate", "--in", str(scores), "-o", str(evaldir), "--n-bootstrap", "50")
+    assert code == 0, err
+    metrics = json.loads((evaldir / "metrics.json").read_text())
+    html = (evaldir / "report.html").read_text()
+    assert "data:image/png;base64" in html
+    text = json.dumps(metrics)
+    for name in ("sequence_likelihood", "linear_probe", "sequence_likelihood+platt"):
+        assert name in text and name in html
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["score", "--in", "{records}", "--method", "sequence_likelihod"], "Did you mean 'sequence_likelihood'"),
+        (["generate", "-d", "arithmetc", "-o", "{tmp}/g.jsonl"], "unknown dataset 'arithmetc'"),
+        (["score", "--in", "{bad}"], "bad.jsonl:2: malformed JSON"),
+        (["evaluate", "--in", "{tmp}/missing.jsonl"], "missing.jsonl: file not found"),
+        (["run", "{config}"], "unknown key 'modle'"),
+        (["score", "--in", "{records}", "-o", "{records}/x/scores.jsonl"], "error:"),
+        (["generate", "-m", "{tmp}/no-such-model", "-o", "{tmp}/g.jsonl"], "no-such-model"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "p", "response": "r", "correct": 1}\n{"id": \n')
+    config = tmp_path / "c.yaml"
+    config.write_text("modle: default\n")
+    fmt = {"records": graded_records, "bad": bad, "tmp": tmp_path, "config": config}
+    code, out, err = run_cli(capsys, *[a.format(**fmt) for a in args])
+    assert code == 2, (out, err)
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g.jsonl").exists()  # nothing half-written
+
+
+def test_methods_lists_every_registered_method(capsys):
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0
+    from certa.methods import method_names
+
+    names = method_names()
+    assert len(names) >= 7
+    for name in names:
+        assert name in out

@@ -1,0 +1,232 @@
+"""ConfTuner on the tiny model: the objective, training through the shared trainer, the read-out."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from certa.errors import InputError
+from certa.methods import get_method
+from certa.methods.conftuner import (
+    ConfTuner,
+    ConfTunerObjective,
+    generate_confidence_text,
+    level_diagnostics,
+    level_probabilities,
+    read_answers,
+    score_answers,
+    train_conftuner,
+    verbal_texts,
+)
+from certa.methods.verbalized import ConfidenceTokens, confidence_tokens
+from certa.records import Example, Record
+from certa.training.losses import IGNORE_INDEX, tokenized_brier
+from certa.training.objective import TrainConfig
+
+torch.set_num_threads(1)
+
+QUESTIONS = [("What is 3 + 4?", "7", "7"), ("What is 2 + 2?", "5", "4"), ("What is 5 + 1?", "6", "6"),
+             ("What is 9 - 3?", "5", "6"), ("What is 1 + 1?", "2", "2"), ("What is 8 - 1?", "6", "7"),
+             ("What is 4 + 4?", "8", "8"), ("What is 2 + 5?", "9", "7")]
+
+
+def make_records() -> list[Record]:
+    return [Record(id=f"q{i}", prompt="", response=response, question=question, answers=[gold],
+                   answer_type="numeric", correct=float(response == gold))
+            for i, (question, response, gold) in enumerate(QUESTIONS)]
+
+
+def config(**overrides) -> TrainConfig:
+    base = dict(epochs=6, max_steps=12, batch_size=4, lr=3e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                save_every=100)
+    return TrainConfig(**{**base, **overrides})
+
+
+def fresh(tiny_lm):
+    """A private copy of the tiny model, so adapters attached here do not leak into other tests."""
+    return dataclasses.replace(tiny_lm, model=copy.deepcopy(tiny_lm.model))
+
+
+def brier_of(lm, records) -> float:
+    probs, tokens = level_probabilities(lm, records)
+    y = torch.tensor([r.correct for r in records])
+    return float(tokenized_brier(torch.tensor(probs), y, torch.tensor(tokens.scores)))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_lm, tmp_path_factory):
+    """A ConfTuner artifact trained for a few steps on the tiny model, and the model loaded from it."""
+    from certa.models import load_model
+
+    out = tmp_path_factory.mktemp("conftuner")
+    train_conftuner(tiny_lm, make_records(), config(), out, progress=False)
+    return out, load_model(str(out), device="cpu")
+
+
+# ── the objective ────────────────────────────────────────────────────────────────────────────
+
+
+def test_items_end_at_the_confidence_cue_and_carry_the_label(tiny_lm):
+    objective = ConfTunerObjective()
+    objective.prepare(tiny_lm, config())
+    records = make_records()
+    items = objective.build_items(tiny_lm, records, config())
+    assert [it["correct"] for it in items] == [r.correct for r in records]
+    text = tiny_lm.tokenizer.decode(items[0]["input_ids"])
+    assert text.endswith("7" + objective.tokens.cue) and "What is 3 + 4?" in text
+    assert "labels" not in items[0]
+
+
+def test_full_mode_labels_cover_exactly_the_response(tiny_lm):
+    objective = ConfTunerObjective()
+    cfg = config(mode="full")
+    objective.prepare(tiny_lm, cfg)
+    record = dataclasses.replace(make_records()[0], response="The answer is 7.")
+    (item,) = objective.build_items(tiny_lm, [record], cfg)
+    learned = [t for t in item["labels"] if t != IGNORE_INDEX]
+    assert tiny_lm.tokenizer.decode(learned) == "The answer is 7."
+
+
+def test_collate_left_pads_with_real_token_positions(tiny_lm):
+    objective = ConfTunerObjective()
+    items = [{"input_ids": [5, 6, 7], "correct": 1.0}, {"input_ids": [8], "correct": 0.0}]
+    batch = objective.collate(tiny_lm, items)
+    pad = tiny_lm.tokenizer.pad_token_id
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [pad, pad, 8]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):
+    objective = ConfTunerObjective()
+    objective.prepare(tiny_lm, config())
+    records = make_records()[:3]
+    batch = objective.collate(tiny_lm, objective.build_items(tiny_lm, records, config()))
+    with torch.no_grad():
+        loss, scalars = objective.loss(tiny_lm, batch, config())
+    assert float(loss) == pytest.approx(brier_of(tiny_lm, records), abs=1e-5)
+    assert set(scalars) == {"brier", "mean_confidence"}
+
+
+def test_gradient_reaches_only_the_lora_weights(tiny_lm):
+    from certa.training.trainer import attach_adapter
+
+    lm = fresh(tiny_lm)
+    cfg = config(mode="full")
+    objective = ConfTunerObjective()
+    objective.prepare(lm, cfg)
+    attach_adapter(lm, cfg, objective.trainable_token_ids(lm))
+    batch = objective.collate(lm, objective.build_items(lm, make_records()[:4], cfg))
+    loss, scalars = objective.loss(lm, batch, cfg)
+    assert "lm_loss" in scalars
+    loss.backward()
+    with_grad = {n for n, p in lm.model.named_parameters() if p.grad is not None}
+    assert with_grad and all("lora_" in n for n in with_grad)
+    assert {n for n, p in lm.model.named_parameters() if p.requires_grad} == with_grad
+
+
+# ── training with the shared trainer ─────────────────────────────────────────────────────────
+
+
+def test_training_lowers_the_tokenized_brier(tiny_lm, trained):
+    out, lm = trained
+    records = make_records()
+    assert brier_of(lm, records) < brier_of(tiny_lm, records) - 0.01
+    info = json.loads((out / "certa.json").read_text())
+    assert info["method"] == "conftuner"
+    assert info["method_info"]["confidence_tokens"]["labels"] == confidence_tokens(lm.tokenizer).labels
+    losses = [json.loads(line)["brier"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 12
+
+
+def test_training_refuses_a_model_that_already_has_an_adapter(trained, tmp_path):
+    _, lm = trained
+    with pytest.raises(InputError, match="already has an adapter"):
+        train_conftuner(lm, make_records(), config(), tmp_path)
+
+
+def test_training_leaves_base_weights_and_the_callers_model_untouched(tiny_lm, trained):
+    _, lm = trained
+    base = dict(tiny_lm.model.named_parameters())
+    assert not any("lora_" in name for name in base)  # train_conftuner trained a copy
+    for name, param in lm.model.named_parameters():
+        if "lora_" not in name:
+            original = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(param, base[original]), name
+
+
+def test_suffix_mode_keeps_the_base_models_greedy_answers(tiny_lm, trained):
+    from certa.generation import generate
+
+    _, lm = trained
+    examples = [Example(id=f"e{i}", question=q, answers=[a], answer_type="numeric")
+                for i, (q, _, a) in enumerate(QUESTIONS[:4])]
+    base = generate(tiny_lm, examples, max_new_tokens=6, progress=False)
+    with lm.adapter_disabled():
+        tuned = generate(lm, examples, max_new_tokens=6, progress=False)
+    assert [g.token_ids for g in tuned] == [g.token_ids for g in base]
+
+
+# ── the read-out ─────────────────────────────────────────────────────────────────────────────
+
+
+def test_score_is_the_expected_confidence_of_a_direct_forward(trained):
+    _, lm = trained
+    records = make_records()[:3]
+    method = get_method("conftuner", model=lm)
+    scores = method(records)
+    tokens = confidence_tokens(lm.tokenizer)
+    direct = []
+    for text in verbal_texts(lm, records, tokens):
+        ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = lm.model(input_ids=ids).logits[0, -1, tokens.token_ids]
+        direct.append(float(torch.softmax(logits, -1).numpy() @ tokens.scores))
+    np.testing.assert_allclose(scores, direct, atol=1e-5)
+    # The adapter really was on: training moved the level distribution the score came from.
+    with lm.adapter_disabled():
+        untrained, _ = level_probabilities(lm, records)
+    assert np.max(np.abs(untrained - level_probabilities(lm, records)[0])) > 1e-2
+    diag = method.last_diagnostics
+    assert len(diag["argmax_confidence"]) == 3 and 1 <= diag["distinct_levels"] <= 3
+
+
+def test_level_diagnostics_counts_the_levels_used():
+    tokens = ConfidenceTokens(token_ids=[10, 11, 12], scores=np.array([0.0, 0.5, 1.0]), labels=["0", "1", "2"])
+    probs = np.array([[0.1, 0.6, 0.3], [0.2, 0.7, 0.1], [0.0, 0.1, 0.9]])
+    diag = level_diagnostics(probs, tokens)
+    assert diag == {"argmax_confidence": [0.5, 0.5, 1.0], "distinct_levels": 2, "level_counts": {"1": 2, "2": 1}}
+    json.dumps(diag)  # goes into metrics.json as is
+
+
+def test_black_box_answers_score_like_own_answers(trained, tmp_path):
+    _, lm = trained
+    records = make_records()[:3]
+    path = tmp_path / "answers.jsonl"
+    rows = [{"id": r.id, "question": r.question, "response": r.response, "answer_type": "numeric",
+             "model": "gpt-elsewhere"} for r in records]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    np.testing.assert_allclose(score_answers(lm, path), ConfTuner(model=lm)(records), atol=1e-9)
+    assert read_answers(path)[0].model == "gpt-elsewhere"
+
+
+def test_read_answers_errors_name_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": 1, "question": "q?", "response": "a"}\n{"id": 2, "question": "q?"}\n')
+    with pytest.raises(InputError, match=r"bad.jsonl:2: missing field 'response'"):
+        read_answers(path)
+
+
+def test_text_readout_keeps_unparsed_answers(trained):
+    _, lm = trained
+    records = make_records()[:4]
+    result = generate_confidence_text(lm, records, max_new_tokens=3)
+    assert len(result.values) == len(result.texts) == 4
+    parsed = ~np.isnan(result.values)
+    assert result.failures == int((~parsed).sum())
+    assert np.all((result.values[parsed] >= 0) & (result.values[parsed] <= 1))

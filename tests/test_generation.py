@@ -1,0 +1,294 @@
+"""Batched generation against full-forward recomputation on a tiny random model.
+
+The shared tiny model's weights are so small that greedy decoding repeats one
+token forever; ``lm`` below re-draws them larger and strengthens the
+end-of-turn row so answers vary and some rows stop early while others run to
+the limit — the case where padding, masks and cache bookkeeping go wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from certa.errors import InputError
+from certa.generation import RAW_PROMPT_KEY, DecodeState, generate
+from certa.models import end_token_ids, load_model
+from certa.records import Example, Generation, read_jsonl
+
+MAX_NEW = 16
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3, generator=gen)
+        model.get_input_embeddings().weight[tokenizer.eos_token_id] *= 2
+    path = tmp_path_factory.mktemp("varied-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(str(path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    # Questions of different lengths so batches need left padding.
+    return [
+        Example(id=f"q{i}", question="What is " + " plus ".join(str(k) for k in range(i + 1)) + "?",
+                answers=[str(sum(range(i + 1)))], answer_type="numeric")
+        for i in range(12)
+    ]
+
+
+@pytest.fixture(scope="module")
+def greedy(lm, examples):
+    return generate(lm, examples, max_new_tokens=MAX_NEW, batch_size=4, hidden_states=True, progress=False)
+
+
+def _prompt_ids(lm, gen: Generation) -> list[int]:
+    return lm.tokenizer(gen.prompt, add_special_tokens=False)["input_ids"]
+
+
+def _full_forward(lm, ids: list[int]):
+    with torch.no_grad():
+        return lm.model(torch.tensor([ids]), output_hidden_states=True)
+
+
+def test_fixture_has_rows_that_stop_and_rows_that_run_out(greedy):
+    reasons = {g.finish_reason for g in greedy}
+    assert reasons == {"stop", "length"}
+    assert len({len(g.token_ids) for g in greedy}) > 2
+
+
+def test_per_token_lists_agree_and_finish_reason_matches_tokens(lm, greedy):
+    ends = set(end_token_ids(lm))
+    for g in greedy:
+        assert len(g.token_ids) == len(g.token_logprobs) == len(g.token_entropies) > 0
+        if g.finish_reason == "stop":
+            assert g.token_ids[-1] in ends and not ends & set(g.token_ids[:-1])
+        else:
+            assert len(g.token_ids) == MAX_NEW and not ends & set(g.token_ids)
+        assert g.response == lm.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip()
+        assert "<|im_end|>" not in g.response
+        assert g.model == lm.name
+
+
+def test_output_follows_input_order(lm, examples, greedy):
+    assert [g.id for g in greedy] == [e.id for e in examples]
+    for g, e in zip(greedy, examples, strict=True):
+        assert e.question in g.prompt
+
+
+def test_logprobs_and_entropies_equal_full_forward(lm, greedy):
+    for g in greedy:
+        prompt = _prompt_ids(lm, g)
+        logits = _full_forward(lm, prompt + g.token_ids).logits[0, len(prompt) - 1:-1]
+        logp = torch.log_softmax(logits, dim=-1)
+        expected = logp.gather(1, torch.tensor(g.token_ids)[:, None]).squeeze(1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        assert torch.allclose(torch.tensor(g.token_logprobs), expected, atol=1e-4)
+        assert torch.allclose(torch.tensor(g.token_entropies), entropy, atol=1e-4)
+
+
+def test_greedy_token_is_the_argmax_of_its_logprob_row(lm, greedy):
+    # Raw (not processed) logits: the greedy choice must be the most likely token.
+    g = greedy[0]
+    prompt = _prompt_ids(lm, g)
+    logits = _full_forward(lm, prompt + g.token_ids).logits[0, len(prompt) - 1:-1]
+    assert logits.argmax(-1).tolist() == g.token_ids
+
+
+def test_batched_equals_unbatched(lm, examples, greedy):
+    single = generate(lm, examples, max_new_tokens=MAX_NEW, batch_size=1, hidden_states=True, progress=False)
+    for a, b in zip(greedy, single, strict=True):
+        assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason
+        assert torch.allclose(torch.tensor(a.token_logprobs), torch.tensor(b.token_logprobs), atol=1e-4)
+        assert torch.allclose(torch.tensor(a.hidden_state), torch.tensor(b.hidden_state), atol=1e-4)
+
+
+def test_hidden_state_is_final_state_at_end_predicting_position(lm, greedy):
+    for g in greedy:
+        prompt = _prompt_ids(lm, g)
+        # The position whose output is the last response token sits just before that token.
+        position = len(prompt) + len(g.token_ids) - 2
+        with torch.no_grad():
+            final = lm.model.model(torch.tensor([prompt + g.token_ids])).last_hidden_state[0, position]
+        assert torch.allclose(torch.tensor(g.hidden_state), final, atol=1e-4)
+        head = lm.model.get_output_embeddings()
+        assert int(head(torch.tensor(g.hidden_state)).argmax()) == g.token_ids[-1]
+
+
+def test_hidden_state_omitted_unless_asked(lm, examples):
+    gens = generate(lm, examples[:2], max_new_tokens=4, progress=False)
+    assert all(g.hidden_state is None for g in gens)
+
+
+class ExtensionHook:
+    """Feeds one extra token over the decode cache, as GrACE's read-out does, and keeps the logits."""
+
+    def __init__(self, name: str, token_id: int):
+        self.name, self.token_id = name, token_id
+        self.states: list[DecodeState] = []
+        self.logits: list[torch.Tensor] = []
+
+    def on_batch_end(self, lm, state: DecodeState) -> list[float]:
+        rows = state.sequences.shape[0]
+        # generate never fed its final column, so feed it along with the new token.
+        tokens = torch.stack([state.sequences[:, -1], torch.full((rows,), self.token_id)], dim=1)
+        mask = torch.cat([state.attention_mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -2:]
+        with torch.no_grad():
+            out = lm.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
+                           past_key_values=state.past_key_values)
+        last = out.logits[:, -1].float()
+        self.states.append(state)
+        self.logits.append(last)
+        return torch.softmax(last, -1)[:, self.token_id].tolist()
+
+
+def test_hook_state_supports_a_one_token_extension(lm, examples):
+    extra = lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    first, second = ExtensionHook("first", extra), ExtensionHook("second", extra)
+    gens = generate(lm, examples[:6], max_new_tokens=MAX_NEW, batch_size=3, hooks=[first, second],
+                    hidden_states=True, progress=False)
+    by_id = {g.id: g for g in gens}
+    checked = 0
+    for state, logits, batch_logits_again in zip(first.states, first.logits, second.logits, strict=True):
+        # The cache is cropped after each hook, so the second hook sees exactly what the first did.
+        assert torch.allclose(logits, batch_logits_again, atol=1e-5)
+        for row in range(state.sequences.shape[0]):
+            prompt_tokens = state.sequences[row, :state.prompt_length][state.attention_mask[row, :state.prompt_length] == 1]
+            g = next(g for g in by_id.values() if _prompt_ids(lm, g) == prompt_tokens.tolist())
+            n = state.response_lengths[row]
+            assert n == len(g.token_ids)
+            assert int(state.attention_mask[row].sum()) == len(prompt_tokens) + n
+            assert torch.allclose(state.last_hidden[row], torch.tensor(g.hidden_state), atol=1e-5)
+            full = _full_forward(lm, prompt_tokens.tolist() + g.token_ids + [extra]).logits[0, -1]
+            assert torch.allclose(logits[row], full, atol=1e-4)
+            assert g.confidence["first"] == pytest.approx(float(torch.softmax(full, -1)[extra]), abs=1e-5)
+            checked += 1
+    assert checked == 6
+    assert {g.finish_reason for g in gens} == {"stop", "length"}
+
+
+def test_hooks_run_on_sampled_batches(lm, examples):
+    hook = ExtensionHook("ext", 5)
+    gens = generate(lm, examples[:3], max_new_tokens=6, samples=2, hooks=[hook], progress=False)
+    assert [s.sequences.shape[0] for s in hook.states] == [3, 6]
+    for g in gens:
+        assert len(g.sample_confidence["ext"]) == 2
+        assert all(0 <= c <= 1 for c in g.sample_confidence["ext"])
+
+
+def test_samples_count_and_seeding(lm, examples, greedy):
+    a = generate(lm, examples[:4], max_new_tokens=8, samples=3, seed=1, progress=False)
+    b = generate(lm, examples[:4], max_new_tokens=8, samples=3, seed=1, progress=False)
+    c = generate(lm, examples[:4], max_new_tokens=8, samples=3, seed=2, progress=False)
+    assert all(len(g.samples) == 3 for g in a)
+    assert [g.samples for g in a] == [g.samples for g in b]
+    assert [g.samples for g in a] != [g.samples for g in c]
+    # Sampling extra answers leaves the greedy answer alone.
+    assert [g.token_ids for g in a] == [g.token_ids[:8] for g in greedy[:4]]
+
+
+class CountingGenerate:
+    def __init__(self, model):
+        self.model, self.original, self.rows = model, model.generate, 0
+
+    def __call__(self, *args, **kwargs):
+        self.rows += kwargs["input_ids"].shape[0]
+        return self.original(*args, **kwargs)
+
+
+def test_resume_skips_finished_ids(lm, examples, tmp_path, monkeypatch):
+    out = tmp_path / "gens.jsonl"
+    counter = CountingGenerate(lm.model)
+    monkeypatch.setattr(lm.model, "generate", counter)
+    generate(lm, examples[:5], max_new_tokens=4, batch_size=2, out=out, progress=False)
+    assert counter.rows == 5
+    gens = generate(lm, examples, max_new_tokens=4, batch_size=2, out=out, progress=False)
+    assert counter.rows == len(examples)
+    assert [g.id for g in gens] == [e.id for e in examples]
+    assert sorted(g.id for g in read_jsonl(out, Generation)) == sorted(e.id for e in examples)
+    again = generate(lm, examples, max_new_tokens=4, out=out, progress=False)
+    assert counter.rows == len(examples)
+    assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+
+
+class FailAfter:
+    name = "fail"
+
+    def __init__(self, batches: int):
+        self.left = batches
+
+    def on_batch_end(self, lm, state):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return [0.5] * state.sequences.shape[0]
+
+
+def test_killed_run_keeps_finished_batches(lm, examples, tmp_path):
+    out = tmp_path / "gens.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate(lm, examples[:6], max_new_tokens=4, batch_size=2, hooks=[FailAfter(2)], out=out, progress=False)
+    assert not out.exists()
+    assert len(read_jsonl(str(out) + ".partial", Generation)) == 4
+    gens = generate(lm, examples[:6], max_new_tokens=4, batch_size=2, hooks=[FailAfter(99)], out=out, progress=False)
+    assert out.exists() and [g.id for g in gens] == [e.id for e in examples[:6]]
+
+
+def test_raw_prompt_in_meta_is_used_verbatim(lm, examples):
+    raw = "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+    example = dataclasses.replace(examples[0], id="raw", meta={RAW_PROMPT_KEY: raw})
+    (g,) = generate(lm, [example], max_new_tokens=2, progress=False)
+    assert g.prompt == raw
+
+
+def test_hidden_state_capture_under_peft_adapter(lm, examples):
+    from peft import LoraConfig, get_peft_model
+
+    fresh = load_model(lm.name, device="cpu")  # peft edits the model in place; keep the shared one clean
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                        trainable_token_indices={"embed_tokens": [5]})
+    peft_lm = dataclasses.replace(fresh, model=get_peft_model(fresh.model, config))
+    (g,) = generate(peft_lm, examples[:1], max_new_tokens=6, hidden_states=True, progress=False)
+    prompt = _prompt_ids(lm, g)
+    with torch.no_grad():
+        logits = peft_lm.model(torch.tensor([prompt + g.token_ids])).logits
+    head = peft_lm.model.get_output_embeddings()
+    expected = logits[0, len(prompt) + len(g.token_ids) - 2]
+    assert torch.allclose(head(torch.tensor(g.hidden_state)), expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"max_new_tokens": 0}, {"samples": -1},
+                                    {"samples": 2, "temperature": 0.0}])
+def test_bad_arguments(lm, examples, kwargs):
+    with pytest.raises(InputError):
+        generate(lm, examples[:1], progress=False, **kwargs)
+
+
+def test_duplicate_ids_rejected(lm, examples):
+    with pytest.raises(InputError, match="'q0' appears more than once"):
+        generate(lm, [examples[0], examples[0]], progress=False)
+
+
+def test_empty_input(lm):
+    assert generate(lm, [], progress=False) == []
+
+
+def test_resume_refuses_generations_missing_what_is_asked(lm, examples, tmp_path):
+    out = tmp_path / "gens.jsonl"
+    generate(lm, examples[:2], max_new_tokens=4, out=out, progress=False)
+    with pytest.raises(InputError, match="lack hidden states, 2 samples"):
+        generate(lm, examples[:3], max_new_tokens=4, hidden_states=True, samples=2, out=out, progress=False)

@@ -1,0 +1,86 @@
+"""Training losses against hand-computed values, properness, and gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from certa.training.losses import grace_calibration_loss, response_lm_loss, tokenized_brier
+
+
+def test_grace_calibration_loss_is_mse():
+    # ((0.2 - 0)^2 + (0.9 - 1)^2) / 2 = (0.04 + 0.01) / 2 = 0.025
+    loss = grace_calibration_loss(torch.tensor([0.2, 0.9]), torch.tensor([0.0, 1.0]))
+    assert loss.item() == pytest.approx(0.025)
+
+
+def test_tokenized_brier_hand_value():
+    scores = torch.tensor([0.0, 0.5, 1.0])
+    probs = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    correct = torch.tensor([1.0, 0.0])
+    # row 1 (y=1): 0.2·(1-0)² + 0.3·(1-0.5)² + 0.5·(1-1)² = 0.2 + 0.075 + 0 = 0.275
+    # row 2 (y=0): 1.0·(0-0)² = 0;  mean over the batch = 0.1375
+    assert tokenized_brier(probs, correct, scores).item() == pytest.approx(0.1375)
+
+
+def test_response_lm_loss_hand_value_and_masking():
+    # logits[t] predicts labels[t+1]. Position 0: p(token 1) = 3/(1+3) = 0.75; position 1: p(token 0) = 4/5.
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(4.0), 0.0], [5.0, -5.0]]])
+    labels = torch.tensor([[-100, 1, 0]])
+    expected = (-math.log(0.75) - math.log(0.8)) / 2
+    assert response_lm_loss(logits, labels).item() == pytest.approx(expected)
+    # Masking the first answer token leaves only -log 0.8.
+    masked = torch.tensor([[-100, -100, 0]])
+    assert response_lm_loss(logits, masked).item() == pytest.approx(-math.log(0.8))
+
+
+def _expected_brier(probs: torch.Tensor, q: float, scores: torch.Tensor) -> torch.Tensor:
+    """E over y ~ Bernoulli(q) of the tokenized Brier score of each row of ``probs``."""
+    ones, zeros = torch.ones(len(probs)), torch.zeros(len(probs))
+    per_row_1 = torch.stack([tokenized_brier(p[None], ones[:1], scores) for p in probs])
+    per_row_0 = torch.stack([tokenized_brier(p[None], zeros[:1], scores) for p in probs])
+    return q * per_row_1 + (1 - q) * per_row_0
+
+
+@pytest.mark.parametrize("q", [0.0, 0.13, 0.5, 0.62, 0.871, 1.0])
+def test_tokenized_brier_is_proper_on_t100(q):
+    scores = torch.arange(101, dtype=torch.float64) / 100
+    one_hots = torch.eye(101, dtype=torch.float64)
+    expected = _expected_brier(one_hots, q, scores)
+    # Among one-hot distributions the best is the score nearest q ...
+    best = int(expected.argmin())
+    assert abs(scores[best].item() - q) <= 0.005 + 1e-12
+    # ... and no mixed distribution does better (the loss is linear in p).
+    mixed = torch.distributions.Dirichlet(torch.ones(101, dtype=torch.float64)).sample((200,))
+    assert (_expected_brier(mixed, q, scores) >= expected.min() - 1e-12).all()
+
+
+def test_tokenized_brier_prefers_nearest_coarse_level():
+    scores = torch.arange(10, dtype=torch.float64) / 9  # T_9 levels
+    q = 0.4  # nearest level is 4/9 = 0.444 (3/9 = 0.333 is farther)
+    assert int(_expected_brier(torch.eye(10, dtype=torch.float64), q, scores).argmin()) == 4
+
+
+def test_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    conf = torch.rand(4, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda c: grace_calibration_loss(c, target), (conf,))
+
+    logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    correct = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
+    scores = torch.linspace(0, 1, 5, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: tokenized_brier(z.softmax(-1), correct, scores), (logits,))
+
+    lm_logits = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[-100, 2, 3], [-100, -100, 0]])
+    assert torch.autograd.gradcheck(lambda z: response_lm_loss(z, labels), (lm_logits,))
+
+
+def test_mse_gradient_direction():
+    # d/dc (c - t)^2 / n = 2 (c - t) / n: pushes an over-confident prediction down.
+    conf = torch.tensor([0.9, 0.1], requires_grad=True)
+    grace_calibration_loss(conf, torch.tensor([0.5, 0.1])).backward()
+    assert conf.grad.tolist() == pytest.approx([0.4, 0.0])
