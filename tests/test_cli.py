@@ -47,7 +47,8 @@ def graded_records(tmp_path):
         records.append(Record(id=f"r{i}", prompt="p", response=str(i), token_ids=list(range(n)),
                               token_logprobs=logprobs, token_entropies=list(rng.uniform(0, 2, n)),
                               hidden_state=list(rng.normal(correct, 1.0, size=8)),
-                              question=f"q{i}", answers=[str(i)], answer_type="numeric", correct=correct))
+                              question=f"q{i}", answers=[str(i)], answer_type="numeric", correct=correct,
+                              meta={"vocab_size": 100}))
     path = tmp_path / "records.jsonl"
     write_jsonl(path, records)
     return path

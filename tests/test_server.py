@@ -59,25 +59,37 @@ class ScriptedEngine:
         return EngineResult([choice] * request.n, prompt_tokens=len(words))
 
 
+class ServerThread:
+    """uvicorn serving ``app`` in a thread on a free loopback port (what ``certa serve`` runs, minus signals)."""
+
+    def __init__(self, app):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        _wait_for(lambda: self.server.started or not self.thread.is_alive())
+        assert self.server.started, "server did not start"
+        return self
+
+    def stop(self) -> None:
+        """What uvicorn does on SIGTERM: stop accepting, finish open requests, run the app's shutdown."""
+        self.server.should_exit = True
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "server did not shut down"
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+        self.sock.close()
+
+
 @contextlib.contextmanager
 def serving(app) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread on a free loopback port; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + TIMEOUT
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(TIMEOUT)
-        sock.close()
+    with ServerThread(app) as server:
+        yield server.url
 
 
 def client(url: str, api_key: str = "unused") -> openai.OpenAI:
@@ -196,6 +208,20 @@ def test_api_key_is_required_when_set():
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
         assert [m.id for m in client(url, api_key="s3cret").models.list()] == ["scripted"]
         assert httpx.get(f"{url}/health", timeout=TIMEOUT).status_code == 200
+
+
+def test_shutdown_finishes_requests_already_accepted():
+    engine = ScriptedEngine(delay=0.3)
+    with ServerThread(create_app(engine, max_batch=2, batch_wait_ms=0)) as server:
+        api = client(server.url)
+        with ThreadPoolExecutor(3) as pool:
+            pending = [pool.submit(api.chat.completions.create, model="scripted",
+                                   messages=[{"role": "user", "content": f"word{i}"}]) for i in range(3)]
+            _wait_for(lambda: engine.batch_sizes)  # the first batch is running, the rest is queued
+            server.stop()
+            answers = sorted(p.result(TIMEOUT).choices[0].message.content for p in pending)
+    assert answers == ["word0 ok", "word1 ok", "word2 ok"]
+    assert sum(engine.batch_sizes) == 3
 
 
 def test_full_queue_answers_429_instead_of_growing():

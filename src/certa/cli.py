@@ -7,6 +7,7 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -292,6 +293,116 @@ def report(
     correct, scores = read_scores(inp)
     run_evaluate(correct, scores, n_bins=n_bins).to_html(out, title=f"certa — {inp.name}")
     console.print(f"report: {out}")
+
+
+# ── using the confidence ──────────────────────────────────────────────────────────────────────
+
+
+@app.command()
+def scale(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="graded records with samples (and GrACE sample confidences)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for scaling.json and scaling.png")] = Path("scaling"),
+    budget: Annotated[int, typer.Option(help="sample budget B")] = 8,
+    tau: Annotated[float, typer.Option(help="GrACE-ES stops at the first sample with confidence above tau")] = 0.8,
+    confidence: Annotated[str, typer.Option(help="which per-sample confidence to use")] = "grace",
+) -> None:
+    """Test-time scaling: SC, adaptive SC, early-stopping SC, GrACE-SC and GrACE-ES at budget B."""
+    from .pipeline import load_records
+    from .records import atomic_write_text
+    from .scaling import plot_scaling, run_strategies, scaling_curves
+
+    records = load_records(inp)
+    results = run_strategies(records, budget, confidence=confidence, tau=tau)
+    budgets = sorted({b for b in (1, 2, 4, 8, 16, 32) if b < budget} | {budget})
+    curves = scaling_curves(records, budgets, confidence=confidence, tau=tau)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "scaling.json", json.dumps({"budget": budget, "tau": tau, "results": results,
+                                                        "curves": curves}, indent=2))
+    plot_scaling(curves, out / "scaling.png")
+    _print_rows("strategy", results, ("accuracy", "mean_samples"))
+    console.print(f"results: {out / 'scaling.json'}\nplot:    {out / 'scaling.png'}")
+
+
+@app.command("self-correct")
+def self_correct_cmd(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="graded records")],
+    scores: Annotated[Path, typer.Option(help="scores JSONL (certa score) holding the confidence")],
+    method: Annotated[str, typer.Option(help="which method's confidence in --scores to use")] = "conftuner",
+    model: ModelOpt = "default",
+    threshold: Annotated[float, typer.Option(help="re-ask questions whose confidence is below this")] = 0.5,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for results")] = Path("self_correct"),
+) -> None:
+    """Re-ask the questions answered with low confidence; report accuracy before and after."""
+    from .models import load_model
+    from .pipeline import load_records
+    from .records import atomic_write_text, write_jsonl
+    from .scaling import self_correct
+
+    records = load_records(inp)
+    confidences = _scores_for(scores, method, records)
+    result = self_correct(load_model(model), records, confidences, threshold=threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "records.jsonl", result.records)
+    atomic_write_text(out / "self_correct.json", json.dumps(result.to_dict(), indent=2))
+    _print_rows("self-correction", {"result": result.to_dict()}, tuple(result.to_dict()))
+
+
+@app.command()
+def cascade(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="graded records of the small model")],
+    scores: Annotated[Path, typer.Option(help="scores JSONL (certa score) holding the confidence")],
+    strong: Annotated[str, typer.Option(help="stronger model: a certa model spec or an OpenAI-compatible base URL")],
+    method: Annotated[str, typer.Option(help="which method's confidence in --scores to use")] = "conftuner",
+    strong_model_name: Annotated[str, typer.Option(help="model name to send to an OpenAI-compatible URL")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory for cascade.json and cascade.png")] = Path("cascade"),
+) -> None:
+    """Send the k least-confident questions to a stronger model; accuracy versus k."""
+    from .pipeline import load_records
+    from .records import atomic_write_text
+    from .scaling import cascade as run_cascade
+    from .scaling import plot_cascade
+
+    records = load_records(inp)
+    confidences = _scores_for(scores, method, records)
+    if not strong.startswith(("http://", "https://")):
+        from .models import load_model
+
+        strong = load_model(strong)
+    result = run_cascade(records, confidences, strong, strong_model_name=strong_model_name)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "cascade.json", json.dumps(result.to_dict(), indent=2))
+    plot_cascade(result, out / "cascade.png")
+    for k, acc in zip(result.ks, result.accuracy, strict=True):
+        console.print(f"k={k:>4}  accuracy={acc:.3f}")
+    console.print(f"results: {out / 'cascade.json'}\nplot:    {out / 'cascade.png'}")
+
+
+def _scores_for(path: Path, method: str, records) -> list[float]:
+    """One method's confidences from a scores file, aligned to the records by id."""
+    from .records import iter_jsonl
+
+    by_id = {}
+    for lineno, row in iter_jsonl(path):
+        value = (row.get("scores") or {}).get(method)
+        if value is None:
+            raise InputError(f"{path}:{lineno}: no score for method {method!r}")
+        by_id[str(row.get("id"))] = float(value)
+    missing = [r.id for r in records if r.id not in by_id]
+    if missing:
+        raise InputError(f"{path}: no score for record {missing[0]!r} ({len(missing)} missing)")
+    return [by_id[r.id] for r in records]
+
+
+def _print_rows(title: str, rows: dict, columns: tuple[str, ...]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[c]:.3f}" if isinstance(values[c], float) else str(values[c]) for c in columns))
+    console.print(table)
 
 
 # ── catalogues ────────────────────────────────────────────────────────────────────────────────
