@@ -76,3 +76,12 @@ def test_appender_resumes_after_interruption(tmp_path):
         assert app.done_ids == {"a"}
         app.append(Generation(id="b", prompt="p", response="r"))
     assert [g.id for g in read_jsonl(path, Generation)] == ["a", "b"]
+
+
+def test_appender_drops_a_line_torn_by_a_kill(tmp_path):
+    path = tmp_path / "g.jsonl"
+    partial = tmp_path / "g.jsonl.partial"
+    partial.write_text('{"id": "a", "prompt": "p", "response": "r"}\n{"id": "b", "prom')
+    with JsonlAppender(path) as app:
+        assert app.done_ids == {"a"}
+    assert [g.id for g in read_jsonl(path, Generation)] == ["a"]

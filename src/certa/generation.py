@@ -86,6 +86,10 @@ class _Decoded:
     logits: tuple[torch.Tensor, ...] | None
     last_hidden: torch.Tensor | None
 
+    @property
+    def vocab_size(self) -> int | None:
+        return int(self.logits[0].shape[-1]) if self.logits else None
+
     def response_ids(self, row: int) -> list[int]:
         start = self.prompt_length
         return self.sequences[row, start:start + self.response_lengths[row]].tolist()
@@ -360,6 +364,8 @@ def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, ke
         token_entropies=entropies,
         finish_reason="stop" if decoded.stopped[row] else "length",
         hidden_state=hidden,
+        # token_entropy normalises by log V; keeping V here lets it score the file without the model.
+        meta={"vocab_size": int(decoded.vocab_size)} if decoded.vocab_size else {},
     )
 
 

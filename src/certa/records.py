@@ -200,6 +200,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_lines(path, [text.rstrip("\n")])
 
 
+def _drop_torn_last_line(path: Path) -> None:
+    """A run killed mid-write can leave a partial last line; drop it so the resume can read the rest."""
+    text = path.read_text(encoding="utf-8")
+    if not text or text.endswith("\n"):
+        return
+    cut = text.rfind("\n") + 1
+    path.write_text(text[:cut], encoding="utf-8")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -218,12 +227,13 @@ class JsonlAppender:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done_ids: set[str] = set()
-        for source in (self.path, self.partial):
-            if source.exists():
-                for _, obj in iter_jsonl(source):
-                    self.done_ids.add(str(obj.get("id")))
-        if self.path.exists() and not self.partial.exists():
+        if self.partial.exists():
+            _drop_torn_last_line(self.partial)
+        elif self.path.exists():
             self.partial.write_text(self.path.read_text(encoding="utf-8"), encoding="utf-8")
+        if self.partial.exists():
+            for _, obj in iter_jsonl(self.partial):
+                self.done_ids.add(str(obj.get("id")))
         self._fh = self.partial.open("a", encoding="utf-8")
 
     def append(self, item: Generation | Record | dict[str, Any]) -> None:
