@@ -6,6 +6,8 @@ pinned. Phases are interleaved and repeated; the median CPU seconds of each
 is compared with plain generation:
 
 * ``plain``          the base model, no adapter
+* ``wrapped``        the GrACE model with the adapter off and no read-out: what the
+                     PEFT wrapper alone costs generation
 * ``grace-step``     GrACE artifact (LoRA + <CNF> row), answers with the adapter off,
                      plus the read-out step over the KV cache (the default)
 * ``grace-free``     <CNF> row only, read from the state generation already computed
@@ -17,6 +19,7 @@ same greedy answers as plain generation.
 
     python benchmarks/grace_overhead.py                       # bundled default model
     python benchmarks/grace_overhead.py --count 32 --max-new-tokens 64 --repeats 5
+    python benchmarks/grace_overhead.py --phases plain,grace-step,grace-free   # skip the slow contrast
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from certa.models import LoadedModel, load_model
 from certa.records import Example, Generation
 from certa.training.objective import TrainConfig
 from certa.training.trainer import attach_adapter
+
+PHASES = ("plain", "wrapped", "grace-step", "grace-free", "consistency-5")
 
 
 def grace_model(spec: str, device: str | None, *, lora: bool) -> LoadedModel:
@@ -65,7 +70,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned for every phase")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}")
     args = parser.parse_args()
+    wanted = ["plain", *[p for p in args.phases.split(",") if p and p != "plain"]]
+    unknown = sorted(set(wanted) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase(s) {unknown}; choose from {PHASES}")
 
     torch.set_num_threads(args.threads)
     plain = load_model(args.model, device=args.device)
@@ -83,12 +93,18 @@ def main() -> None:
         with lm.adapter_disabled():  # answers from the base model; the hook switches the adapter on
             return generate(lm, examples, hooks=[GraceHook(readout=readout)], **options)
 
-    phases: dict[str, Callable[[], list[Generation]]] = {
+    def run_wrapped() -> list[Generation]:
+        with step.adapter_disabled():
+            return generate(step, examples, **options)
+
+    every: dict[str, Callable[[], list[Generation]]] = {
         "plain": lambda: generate(plain, examples, **options),
+        "wrapped": run_wrapped,
         "grace-step": lambda: run_grace(step, "step"),
         "grace-free": lambda: run_grace(free, "free"),
         "consistency-5": lambda: generate(plain, examples, samples=5, **options),
     }
+    phases = {name: every[name] for name in wanted}
     for run in phases.values():  # warm-up: first-call allocations and kernels
         run()
     wall: dict[str, list[float]] = {name: [] for name in phases}
@@ -108,7 +124,9 @@ def main() -> None:
     for name in phases:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
         print(f"{name:<15}{c:>9.2f}{w:>9.2f}{c / base_cpu:>11.3f}{w / base_wall:>12.3f}")
-    for name in ("grace-step", "grace-free"):
+    for name in ("wrapped", "grace-step", "grace-free"):
+        if name not in answers:
+            continue
         same = answers[name] == answers["plain"]
         print(f"{name}: greedy answers identical to plain generation: {same}")
 

@@ -442,11 +442,16 @@ def serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="require this bearer token", envvar="CERTA_API_KEY")] = None,
+    model_name: Annotated[str | None, typer.Option(help="the model id clients send (default: --model)")] = None,
+    max_batch: Annotated[int, typer.Option(help="requests decoded together")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(help="how long a batch waits to fill")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="queued requests before answering 429")] = 256,
 ) -> None:
     """Serve an OpenAI-compatible API whose every choice carries a confidence."""
     from .server import serve as run_server
 
-    run_server(model, method=method, host=host, port=port, api_key=api_key)
+    run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name,
+               max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue)
 
 
 def main() -> None:
