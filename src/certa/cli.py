@@ -109,21 +109,11 @@ def generate(
 
     examples = load_dataset(dataset, split=split, limit=limit, seed=seed)
     lm = load_model(model)
-    hooks = _realtime_hooks(lm)
     gens = generate_stage(
         lm, examples, out, max_new_tokens=max_new_tokens, batch_size=batch_size, samples=samples,
-        temperature=temperature, hidden_states=hidden_states, hooks=hooks, seed=seed,
+        temperature=temperature, hidden_states=hidden_states, seed=seed,
     )
     console.print(f"wrote {len(gens)} generations to {out}")
-
-
-def _realtime_hooks(lm) -> list:
-    """A GrACE artifact reads its confidence during generation itself."""
-    if lm.artifact and lm.artifact.get("method") == "grace":
-        from .methods.grace import GraceHook
-
-        return [GraceHook(lm)]
-    return []
 
 
 @app.command()

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import DEFAULT_BASELINES, DatasetSettings, GenerationSettings, RunConfig, TrainingSettings
+from .config import (
+    DEFAULT_BASELINES,
+    DatasetSettings,
+    EvaluationSettings,
+    GenerationSettings,
+    RunConfig,
+    TrainingSettings,
+)
 from .training.objective import TrainConfig
 
 DEMO_DATASETS = ("arithmetic", "triviaqa")
@@ -16,7 +23,7 @@ DEMO_DATASETS = ("arithmetic", "triviaqa")
 
 def demo_config(out: Path, *, quick: bool = False, model: str = "default") -> RunConfig:
     """The demo study: every baseline plus GrACE and ConfTuner, trained on the train split."""
-    train_limit, test_limit = (120, 60) if quick else (400, 200)
+    train_limit, test_limit = (40, 40) if quick else (400, 200)
     epochs = 1.0 if quick else 2.0
     training = TrainingSettings(
         grace=TrainConfig(epochs=epochs, batch_size=8),
@@ -27,7 +34,7 @@ def demo_config(out: Path, *, quick: bool = False, model: str = "default") -> Ru
         out=out,
         datasets=[DatasetSettings(name=d, train_limit=train_limit, test_limit=test_limit) for d in DEMO_DATASETS],
         methods=[*DEFAULT_BASELINES, "grace", "conftuner"],
-        generation=GenerationSettings(max_new_tokens=40, batch_size=16, samples=3 if quick else 5),
+        generation=GenerationSettings(max_new_tokens=24 if quick else 40, batch_size=16, samples=2 if quick else 5),
         training=training,
-        evaluation={"n_bins": 10, "n_bootstrap": 300 if quick else 1000},
+        evaluation=EvaluationSettings(n_bins=10, n_bootstrap=200 if quick else 1000),
     )

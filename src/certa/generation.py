@@ -111,7 +111,7 @@ def generate(
     samples: int = 0,
     temperature: float = 1.0,
     hidden_states: bool = False,
-    hooks: Sequence[GenerationHook] = (),
+    hooks: Sequence[GenerationHook] | None = None,
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
@@ -127,7 +127,8 @@ def generate(
         temperature: sampling temperature of the extra answers (the main answer is always greedy).
         hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
         hooks: objects with ``name`` and ``on_batch_end(lm, state) -> list[float]``; their values go to
-            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples).
+            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples). ``None``
+            means the model's own (a GrACE artifact reads its confidence while decoding).
         seed: makes sampling reproducible (each batch is seeded from ``seed`` and its ids).
         out: JSONL path; finished batches are appended as they complete and ids already in the
             file are skipped (resume).
@@ -137,6 +138,7 @@ def generate(
         One ``Generation`` per example, in input order (resumed ones read back from ``out``).
     """
     examples = list(examples)
+    hooks = lm.realtime_hooks() if hooks is None else hooks
     settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed)
     _check_arguments(examples, settings, batch_size)
     with contextlib.ExitStack() as stack:
@@ -281,7 +283,7 @@ def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tens
     )
     if samples:
         config.temperature, config.top_k, config.top_p = temperature, 0, 1.0
-    with _final_states(lm.model, capture_hidden) as steps:
+    with _final_states(lm.model, capture_hidden) as steps, lm.answering():
         output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
     prompt_length = input_ids.shape[1]
     prompt_mask = attention_mask.repeat_interleave(max(samples, 1), dim=0)

@@ -81,6 +81,20 @@ class LoadedModel:
             return self.model.disable_adapter()
         return contextlib.nullcontext()
 
+    def answering(self) -> AbstractContextManager[Any]:
+        """The state answers are generated in: the base model, so a trained confidence read-out never
+        moves an answer — unless the artifact was trained with its adapter over the answer (``full`` mode)."""
+        info = (self.artifact or {}).get("method_info", {})
+        return contextlib.nullcontext() if info.get("answers_use_adapter") else self.adapter_disabled()
+
+    def realtime_hooks(self) -> list[Any]:
+        """Generation hooks of a trained artifact that reads its confidence while decoding (GrACE)."""
+        if (self.artifact or {}).get("method") == "grace":
+            from .methods.grace import GraceHook
+
+            return [GraceHook()]
+        return []
+
 
 def load_model(
     spec: str | os.PathLike[str] = "default",

@@ -54,7 +54,7 @@ def generate_stage(
     samples: int = 0,
     temperature: float = 1.0,
     hidden_states: bool = True,
-    hooks: Sequence[Any] = (),
+    hooks: Sequence[Any] | None = None,
     seed: int = 0,
 ) -> list[Generation]:
     """Generate answers into ``out`` (resumable: finished ids are skipped on a re-run)."""

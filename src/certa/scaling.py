@@ -403,9 +403,8 @@ def _local_generator(lm: LoadedModel, **options: Any) -> GenerateFn:
     from .generation import generate
 
     def run(examples: Sequence[Example]) -> list[Generation]:
-        # Answers come from the base model: a trained adapter only reads confidence.
-        with lm.adapter_disabled():
-            return generate(lm, examples, progress=False, **options)
+        # generate() answers with the base model (LoadedModel.answering): an adapter only reads confidence.
+        return generate(lm, examples, hooks=(), progress=False, **options)
 
     return run
 

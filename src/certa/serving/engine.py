@@ -10,11 +10,9 @@ generation through a decode hook; ConfTuner scores the answer afterwards).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -151,19 +149,12 @@ class ConfidenceEngine:
             raise CertaError(f"method {method!r} needs sampled answers, which the server does not generate; "
                              "pick a method that does not need samples")
         self.seed = seed
-        self._hooks = self._realtime_hooks()
+        # GrACE reads its confidence during decoding (the artifact's own hook); other methods need none.
+        self._hooks = None if self.method_name == "grace" else ()
         # The event loop counts prompt tokens while the worker thread generates; a fast tokenizer
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
         self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))
-
-    def _realtime_hooks(self) -> tuple[object, ...]:
-        """GrACE reads its confidence during decoding (one step over the KV cache), not afterwards."""
-        if self.method_name == "grace":
-            from ..methods.grace import GraceHook
-
-            return (GraceHook(),)
-        return ()
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         from ..prompts import SYSTEM_PROMPT
@@ -197,19 +188,13 @@ class ConfidenceEngine:
         # Decoding is greedy, so the n choices of a request are one answer repeated: generate it once.
         examples = [Example(id=f"request-{i}", question=r.question or r.prompt, answers=[""],
                             meta={RAW_PROMPT_KEY: r.prompt}) for i, r in enumerate(requests)]
-        with self._answer_mode():
-            generations = generate(self.lm, examples, max_new_tokens=requests[0].max_new_tokens,
-                                   batch_size=len(examples), hooks=self._hooks, seed=self.seed, progress=False)
+        generations = generate(self.lm, examples, max_new_tokens=requests[0].max_new_tokens,
+                               batch_size=len(examples), hooks=self._hooks, seed=self.seed, progress=False)
         for gen, request in zip(generations, requests, strict=True):
             self._apply_stop(gen, request.stop)
         confidences = self._score(generations, examples)
         return [EngineResult([self._choice(gen, conf)] * request.n, self.count_tokens(request.prompt))
                 for gen, conf, request in zip(generations, confidences, requests, strict=True)]
-
-    def _answer_mode(self) -> AbstractContextManager[object]:
-        """Answers come from the base model unless a trained artifact was trained on its own answers."""
-        info = (self.lm.artifact or {}).get("method_info", {})
-        return contextlib.nullcontext() if info.get("answers_use_adapter") else self.lm.adapter_disabled()
 
     def _apply_stop(self, gen: Generation, stops: Sequence[str]) -> None:
         """Cut a generation at its first stop string, keeping the per-token lists aligned."""
