@@ -29,7 +29,8 @@ app = typer.Typer(
 train_app = typer.Typer(help="Train a confidence method (LoRA adapter + confidence read-out).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
-console = Console()
+# A pipe reports 80 columns, which wraps every metric cell; logs and CI get a wider page.
+console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
@@ -79,10 +80,28 @@ def run(config_path: Annotated[Path, typer.Argument(help="YAML run configuration
 
 
 def _print_study(result) -> None:
-    console.print(result.evaluation.table())
+    _print_summary(result.evaluation)
     for name, res in result.by_dataset.items():
         console.print(f"[bold]{name}[/]: n={res.n}, accuracy={res.accuracy.format()}")
     console.print(f"metrics: {result.out / 'metrics.json'}\nreport:  {result.out / 'report.html'}")
+
+
+def _print_summary(result) -> None:
+    """A table that fits a terminal: headline metrics with their 95% CIs (all metrics: metrics.json)."""
+    from rich.table import Table
+
+    columns = ("ece", "brier", "auroc", "aurc")
+    table = Table(title=f"n={result.n}, accuracy {result.accuracy.format()}, ECE over {result.n_bins} bins")
+    table.add_column("method", no_wrap=True)
+    for col in columns:
+        table.add_column(col.upper() if col != "brier" else "Brier", justify="right")
+    for name in sorted(result.methods, key=lambda m: _sort_key(result.methods[m]["brier"].value)):
+        table.add_row(name, *(result.methods[name][col].format(2) for col in columns))
+    console.print(table)
+
+
+def _sort_key(value: float) -> float:
+    return value if value == value else float("inf")  # NaN last
 
 
 # ── single stages ─────────────────────────────────────────────────────────────────────────────
@@ -266,7 +285,7 @@ def evaluate(
     result = run_evaluate(correct, scores, n_bins=n_bins, n_bootstrap=n_bootstrap, extra={"input": str(inp)})
     result.save(out)
     result.to_html(out / "report.html", title=f"certa — {inp.name}")
-    console.print(result.table())
+    _print_summary(result)
     console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
 
