@@ -12,35 +12,19 @@ produced the same answers.
 
 from __future__ import annotations
 
-import argparse
 import platform
-import time
 
 import torch
+from common import generation_parser, timed  # benchmarks/common.py, beside this script
 
 from certa.data import load_dataset
 from certa.generation import generate
 from certa.models import load_model
-from certa.records import Example, Generation
-
-
-def timed(run) -> tuple[float, float, list[Generation]]:
-    """Wall seconds, CPU seconds of this process, result. CPU time is the fairer measure on a shared
-    machine, where other processes stretch wall time; both are printed."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = run()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
+from certa.records import Example
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--dataset", default="arithmetic")
-    parser.add_argument("--count", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (pinned for both phases)")
-    parser.add_argument("--device", default=None)
+    parser = generation_parser(__doc__.splitlines()[0], dataset="arithmetic", count=32, max_new_tokens=32)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

@@ -24,13 +24,12 @@ same greedy answers as plain generation.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from common import generation_parser, timed  # benchmarks/common.py, beside this script
 
 from certa.data import load_dataset
 from certa.generation import generate
@@ -53,23 +52,9 @@ def grace_model(spec: str, device: str | None, *, lora: bool) -> LoadedModel:
     return lm
 
 
-def timed(run: Callable[[], list[Generation]]) -> tuple[float, float, list[Generation]]:
-    """Wall and CPU seconds of ``run``; CPU time is the fairer measure on a shared machine."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = run()
-    return time.perf_counter() - wall, time.process_time() - cpu, result
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--dataset", default="triviaqa")
-    parser.add_argument("--count", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser = generation_parser(__doc__.splitlines()[0], dataset="triviaqa", count=16, max_new_tokens=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned for every phase")
-    parser.add_argument("--device", default=None)
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {PHASES}")
     args = parser.parse_args()
     wanted = ["plain", *[p for p in args.phases.split(",") if p and p != "plain"]]

@@ -130,12 +130,14 @@ def test_scripted_model_really_writes_past_the_newline(scripted):
 def test_base_answer_stops_at_the_newline_with_aligned_token_lists(scripted):
     base, expected = scripted
     seen: list[int] = []
+    widths: list[int] = []
 
     class Lengths:
         name = "lengths"
 
         def on_batch_end(self, lm: LoadedModel, state: DecodeState) -> list[float]:
             seen.extend(state.response_lengths)
+            widths.append(state.sequences.shape[1] - state.prompt_length)
             return [float(n) for n in state.attention_mask.sum(dim=1) - state.prompt_length]
 
     [gen] = generate(base, [NUMERIC], max_new_tokens=8, hidden_states=True, hooks=[Lengths()], progress=False)
@@ -145,6 +147,7 @@ def test_base_answer_stops_at_the_newline_with_aligned_token_lists(scripted):
     assert gen.token_ids == expected
     assert len(gen.token_logprobs) == len(gen.token_entropies) == 3
     assert seen == [3] and gen.confidence["lengths"] == 3.0  # mask covers exactly the kept tokens
+    assert widths == [3]  # generate itself stopped there (stop_strings), not just the bookkeeping
 
     # Log-probs are those of a full forward over prompt + kept answer.
     prompt_ids = base.tokenizer(gen.prompt, add_special_tokens=False)["input_ids"]

@@ -26,8 +26,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-train_app = typer.Typer(help="Train a confidence method (LoRA adapter + confidence read-out).", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 
 # A pipe reports 80 columns, which wraps every metric cell; logs and CI get a wider page.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -153,8 +151,9 @@ def grade(
     console.print(f"graded {len(records)} answers: accuracy {acc:.3f} → {out}")
 
 
-@train_app.command("grace")
-def train_grace_cmd(
+@app.command()
+def train(
+    method: Annotated[str, typer.Argument(help="grace (a <CNF> token, SPEC §1) or conftuner (tokenized Brier, SPEC §2)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="artifact directory")],
     model: ModelOpt = "default",
     dataset: DatasetOpt = "arithmetic",
@@ -164,29 +163,19 @@ def train_grace_cmd(
     epochs: Annotated[float | None, typer.Option(help="override epochs")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
 ) -> None:
-    """Train GrACE: a <CNF> token whose probability is the confidence (SPEC §1)."""
-    _train("grace", out, model, dataset, limit, records, config, epochs, resume)
-
-
-@train_app.command("conftuner")
-def train_conftuner_cmd(
-    out: Annotated[Path, typer.Option("--out", "-o", help="artifact directory")],
-    model: ModelOpt = "default",
-    dataset: DatasetOpt = "arithmetic",
-    limit: LimitOpt = 300,
-    records: Annotated[Path | None, typer.Option(help="graded train records to use instead of generating")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML with training hyper-parameters")] = None,
-    epochs: Annotated[float | None, typer.Option(help="override epochs")] = None,
-    resume: Annotated[bool, typer.Option(help="continue from the latest checkpoint")] = False,
-) -> None:
-    """Train ConfTuner: verbalized confidence tuned with the tokenized Brier score (SPEC §2)."""
-    _train("conftuner", out, model, dataset, limit, records, config, epochs, resume)
+    """Train a confidence method on the base model's own graded answers (LoRA + confidence read-out)."""
+    _train(method, out, model, dataset, limit, records, config, epochs, resume)
 
 
 def _train(method, out, model, dataset, limit, records_path, config_path, epochs, resume) -> None:
     from .models import load_model
-    from .pipeline import load_records, train_method
+    from .pipeline import TRAINED_METHODS, load_records, train_method
     from .training.objective import TrainConfig
+
+    if method not in TRAINED_METHODS:
+        from .errors import UnknownNameError
+
+        raise UnknownNameError("trainable method", method, TRAINED_METHODS)
 
     train_config = TrainConfig()
     if config_path is not None:

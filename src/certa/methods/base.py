@@ -79,6 +79,20 @@ class ConfidenceMethod:
         return doc[0] if doc else cls.name
 
 
+class ModelReadoutMethod(ConfidenceMethod):
+    """A method that reads its confidence from extra batched forward passes through ``model``."""
+
+    needs: ClassVar[Needs] = Needs.MODEL
+
+    def __init__(self, model: LoadedModel | None = None, *, batch_size: int = 16, progress: bool = False,
+                 **options: Any):
+        super().__init__(model, batch_size=batch_size, progress=progress, **options)
+        if batch_size < 1:
+            raise InputError(f"method {self.name!r}: batch_size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.progress = progress
+
+
 def check_scores(scores: Any, n: int, name: str) -> np.ndarray:
     """Validate a method's output: shape (n,), finite, in [0, 1]."""
     arr = np.asarray(scores, dtype=float).reshape(-1)

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..records import Record, from_dict, iter_jsonl
-from .base import ConfidenceMethod, Needs, register
+from .base import ModelReadoutMethod, Needs, register
 
 if TYPE_CHECKING:
     import torch
@@ -212,17 +212,14 @@ def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, 
 
 
 @register(METHOD)
-class ConfTuner(ConfidenceMethod):
+class ConfTuner(ModelReadoutMethod):
     """ConfTuner: expected verbalized confidence Σ p_i s_i after tokenized-Brier tuning."""
 
     needs = Needs.MODEL
     cost = "one forward pass over prompt + answer + 'Confidence: ' per answer (adapter on)"
 
-    def __init__(self, model: LoadedModel | None = None, *, batch_size: int = 16, progress: bool = False,
-                 **options: Any):
-        super().__init__(model=model, batch_size=batch_size, progress=progress, **options)
-        self.batch_size = batch_size
-        self.progress = progress
+    def __init__(self, model: LoadedModel | None = None, **options: Any):
+        super().__init__(model, **options)
         self.last_diagnostics: dict[str, Any] = {}
         method = (model.artifact or {}).get("method") if model is not None else None
         if model is not None and method != METHOD:

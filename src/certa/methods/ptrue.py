@@ -11,7 +11,7 @@ from ..errors import CertaError
 from ..prompts import question_prompt
 from ..records import Example, Record
 from ..scoring import continuation_token_ids, restricted_next_token_probs
-from .base import ConfidenceMethod, Needs, register
+from .base import ModelReadoutMethod, Needs, register
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -32,7 +32,7 @@ def p_true_prompt(lm: LoadedModel, example: Example, response: str) -> str:
 
 
 @register("p_true")
-class PTrue(ConfidenceMethod):
+class PTrue(ModelReadoutMethod):
     """Asks the model whether its answer is correct; confidence = p(A) / (p(A) + p(B)).
 
     After Kadavath et al. (2022), zero-shot: no few-shot examples and no
@@ -42,11 +42,6 @@ class PTrue(ConfidenceMethod):
 
     needs = Needs.MODEL
     cost = "1 forward pass over a prompt holding question+answer"
-
-    def __init__(self, model: LoadedModel | None = None, *, batch_size: int = 16, progress: bool = False):
-        super().__init__(model, batch_size=batch_size, progress=progress)
-        self.batch_size = batch_size
-        self.progress = progress
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL

@@ -32,7 +32,7 @@ from ..errors import CertaError, InputError
 from ..prompts import question_prompt
 from ..records import Record
 from ..scoring import continuation_token_ids, restricted_next_token_probs
-from .base import ConfidenceMethod, Needs, register
+from .base import ModelReadoutMethod, Needs, register
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -213,7 +213,7 @@ def format_confidence(confidence: float, *, scale: int = 100) -> str:
 
 
 @register("verbalized")
-class Verbalized(ConfidenceMethod):
+class Verbalized(ModelReadoutMethod):
     """Asks the untrained model for 'Confidence: N' after its answer; reads the expected level.
 
     The answer is the record's own response; the confidence is Σ p_i s_i over
@@ -223,11 +223,6 @@ class Verbalized(ConfidenceMethod):
 
     needs = Needs.MODEL
     cost = "1 forward pass over prompt+answer"
-
-    def __init__(self, model: LoadedModel | None = None, *, batch_size: int = 16, progress: bool = False):
-        super().__init__(model, batch_size=batch_size, progress=progress)
-        self.batch_size = batch_size
-        self.progress = progress
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL

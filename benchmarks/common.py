@@ -1,0 +1,31 @@
+"""What the generation benchmarks share: their command-line options and a wall/CPU timer."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def generation_parser(description: str, *, dataset: str, count: int, max_new_tokens: int) -> argparse.ArgumentParser:
+    """Options every generation benchmark takes; torch threads are pinned so phases compare fairly."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dataset", default=dataset)
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned for every phase")
+    parser.add_argument("--device", default=None)
+    return parser
+
+
+def timed(run: Callable[[], T]) -> tuple[float, float, T]:
+    """Wall and CPU seconds of ``run`` and its result. CPU time is the fairer measure on a shared
+    machine, where other processes stretch wall time; the scripts print both."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
