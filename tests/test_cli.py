@@ -120,3 +120,51 @@ def test_methods_lists_every_registered_method(capsys):
     assert len(names) >= 7
     for name in names:
         assert name in out
+
+
+@pytest.fixture
+def sampled_records(tmp_path):
+    """Arithmetic-like records with 4 samples each and a per-sample GrACE confidence."""
+    records = []
+    for i in range(8):
+        gold = str(i + 2)
+        samples = [gold, gold, str(i + 9), gold] if i % 2 else [str(i + 9), gold, str(i + 9), str(i + 9)]
+        conf = [0.9 if s == gold else 0.2 for s in samples]
+        records.append(Record(id=f"s{i}", prompt="p", response=samples[0], question=f"What is {i} + 2?",
+                              answers=[gold], answer_type="numeric", correct=float(samples[0] == gold),
+                              samples=samples, sample_correct=[float(s == gold) for s in samples],
+                              sample_confidence={"grace": conf}))
+    path = tmp_path / "sampled.jsonl"
+    write_jsonl(path, records)
+    return path
+
+
+def test_scale_writes_strategies_and_plot(capsys, tmp_path, sampled_records):
+    out = tmp_path / "scale"
+    code, stdout, err = run_cli(capsys, "scale", "--in", str(sampled_records), "--budget", "4", "-o", str(out))
+    assert code == 0, err
+    result = json.loads((out / "scaling.json").read_text())["results"]
+    # Odd questions: majority is right; even ones: majority is wrong but confidence picks the gold answer.
+    assert result["sc"]["accuracy"] == 0.5 and result["grace_sc"]["accuracy"] == 1.0
+    assert result["grace_es"]["mean_samples"] < 4
+    assert (out / "scaling.png").stat().st_size > 0 and "grace_es" in stdout
+
+
+def test_cascade_and_self_correct_run_from_the_cli(capsys, tmp_path, tiny_model_dir, graded_records):
+    scores = tmp_path / "s.jsonl"
+    code, _, err = run_cli(capsys, "score", "--in", str(graded_records), "--method", "sequence_likelihood",
+                           "-o", str(scores))
+    assert code == 0, err
+    code, stdout, err = run_cli(capsys, "cascade", "--in", str(graded_records), "--scores", str(scores),
+                                "--method", "sequence_likelihood", "--strong", str(tiny_model_dir),
+                                "--max-new-tokens", "4", "-o", str(tmp_path / "cascade"))
+    assert code == 0, err
+    cascade = json.loads((tmp_path / "cascade" / "cascade.json").read_text())
+    first = cascade["curve"][0]
+    assert first["k"] == 0 and first["accuracy"] == pytest.approx(40 / 60)  # k=0: the small model alone
+    code, _, err = run_cli(capsys, "self-correct", "--in", str(graded_records), "--scores", str(scores),
+                           "--method", "sequence_likelihood", "-m", str(tiny_model_dir), "--max-new-tokens", "4",
+                           "-o", str(tmp_path / "sc"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "sc" / "self_correct.json").read_text())
+    assert result["accuracy_before"] == pytest.approx(40 / 60)

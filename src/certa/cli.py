@@ -328,6 +328,7 @@ def self_correct_cmd(
     method: Annotated[str, typer.Option(help="which method's confidence in --scores to use")] = "conftuner",
     model: ModelOpt = "default",
     threshold: Annotated[float, typer.Option(help="re-ask questions whose confidence is below this")] = 0.5,
+    max_new_tokens: Annotated[int, typer.Option(help="length limit of the second attempt")] = 128,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for results")] = Path("self_correct"),
 ) -> None:
     """Re-ask the questions answered with low confidence; report accuracy before and after."""
@@ -338,7 +339,8 @@ def self_correct_cmd(
 
     records = load_records(inp)
     confidences = _scores_for(scores, method, records)
-    result = self_correct(load_model(model), records, confidences, threshold=threshold)
+    result = self_correct(load_model(model), records, confidences, threshold=threshold,
+                          max_new_tokens=max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "records.jsonl", result.records)
     atomic_write_text(out / "self_correct.json", json.dumps(result.to_dict(), indent=2))
@@ -352,6 +354,7 @@ def cascade(
     strong: Annotated[str, typer.Option(help="stronger model: a certa model spec or an OpenAI-compatible base URL")],
     method: Annotated[str, typer.Option(help="which method's confidence in --scores to use")] = "conftuner",
     strong_model_name: Annotated[str, typer.Option(help="model name to send to an OpenAI-compatible URL")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="answer length limit of the strong model")] = 128,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for cascade.json and cascade.png")] = Path("cascade"),
 ) -> None:
     """Send the k least-confident questions to a stronger model; accuracy versus k."""
@@ -366,7 +369,8 @@ def cascade(
         from .models import load_model
 
         strong = load_model(strong)
-    result = run_cascade(records, confidences, strong, strong_model_name=strong_model_name)
+    result = run_cascade(records, confidences, strong, strong_model_name=strong_model_name,
+                         max_new_tokens=max_new_tokens)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "cascade.json", json.dumps(result.to_dict(), indent=2))
     plot_cascade(result, out / "cascade.png")

@@ -36,9 +36,10 @@ answered goes on to a new line (and, left alone, to a made-up next question)."""
 # Deliberately easy and unrelated to the bundled datasets, so they teach the format, not facts.
 _SHOTS: dict[AnswerType, tuple[tuple[str, list[str] | None, str], ...]] = {
     "numeric": (
+        # Answers far apart: with 15, 12, 13 Gemma-3-270M answered "14" to nearly everything.
         ("What is 6 + 9?", None, "15"),
-        ("A box holds 4 rows of 3 eggs. How many eggs are in the box?", None, "12"),
-        ("What is 20 - 7?", None, "13"),
+        ("What is 7 × 8?", None, "56"),
+        ("What is 100 - 38?", None, "62"),
     ),
     "short": (
         ("What colour is a clear daytime sky?", None, "Blue"),
