@@ -30,7 +30,10 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(3e-4, gt=0, description="learning rate of the LoRA weights")
-    token_lr: float = Field(3e-3, gt=0, description="learning rate of added token rows (GrACE <CNF>)")
+    token_lr: float = Field(
+        3e-4, gt=0,
+        description="learning rate of added token rows (GrACE <CNF>); 3e-3 overshot and saturated c at 0 on SmolLM2",
+    )
     weight_decay: float = Field(0.0, ge=0)
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
