@@ -9,7 +9,7 @@ STAMP := $(VENV)/.certa-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo demo-quick test test-all lint results clean
+.PHONY: install demo demo-full test test-all lint clean
 
 install: $(STAMP)
 
@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/certa demo --out $(DEMO_OUT)
-
-demo-quick: $(STAMP)
 	$(VENV)/bin/certa demo --quick --out $(DEMO_OUT)
+
+demo-full: $(STAMP)
+	$(VENV)/bin/certa demo --out $(DEMO_OUT)-full
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
