@@ -267,11 +267,7 @@ def evaluate(
     n_bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
 ) -> None:
     """Compute calibration metrics with bootstrap CIs; write metrics.json and report.html."""
-    from .evaluation import evaluate as run_evaluate
-    from .pipeline import read_scores
-
-    correct, scores = read_scores(inp)
-    result = run_evaluate(correct, scores, n_bins=n_bins, n_bootstrap=n_bootstrap, extra={"input": str(inp)})
+    result = _evaluate_scores(inp, n_bins=n_bins, n_bootstrap=n_bootstrap)
     result.save(out)
     result.to_html(out / "report.html", title=f"certa — {inp.name}")
     _print_summary(result)
@@ -285,12 +281,16 @@ def report(
     n_bins: Annotated[int, typer.Option(help="bins of the reliability diagrams")] = 10,
 ) -> None:
     """Write a self-contained HTML report (reliability diagrams, risk–coverage curves)."""
+    _evaluate_scores(inp, n_bins=n_bins).to_html(out, title=f"certa — {inp.name}")
+    console.print(f"report: {out}")
+
+
+def _evaluate_scores(path: Path, **options):
     from .evaluation import evaluate as run_evaluate
     from .pipeline import read_scores
 
-    correct, scores = read_scores(inp)
-    run_evaluate(correct, scores, n_bins=n_bins).to_html(out, title=f"certa — {inp.name}")
-    console.print(f"report: {out}")
+    correct, scores = read_scores(path)
+    return run_evaluate(correct, scores, extra={"input": str(path)}, **options)
 
 
 # ── using the confidence ──────────────────────────────────────────────────────────────────────

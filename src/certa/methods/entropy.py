@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import CertaError, InputError
 from ..records import Record
 from .base import ConfidenceMethod, Needs, register
+from .likelihood import per_token
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -38,7 +39,8 @@ class TokenEntropy(ConfidenceMethod):
         self.vocab_size = vocab_size
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        return np.array([1.0 - np.mean(self._entropies(r)) / math.log(self._vocab(r)) for r in records])
+        return np.array([1.0 - np.mean(per_token(r, "token_entropies")) / math.log(self._vocab(r))
+                         for r in records])
 
     def _vocab(self, record: Record) -> int:
         vocab = self.vocab_size or record.meta.get("vocab_size")
@@ -48,12 +50,3 @@ class TokenEntropy(ConfidenceMethod):
                 "pass model=certa.load_model(...) or vocab_size=N"
             )
         return int(vocab)
-
-    @staticmethod
-    def _entropies(record: Record) -> np.ndarray:
-        if not record.token_entropies:
-            raise CertaError(
-                f"record {record.id!r} has no token_entropies; produce it with certa.generate "
-                "(or `certa generate`), which records them for every answer"
-            )
-        return np.asarray(record.token_entropies, dtype=float)

@@ -25,14 +25,15 @@ class SequenceLikelihood(ConfidenceMethod):
     cost = "free (reads the generation's token log-probs)"
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        return np.array([np.exp(np.mean(token_logprobs(r))) for r in records])
+        return np.array([np.exp(np.mean(per_token(r, "token_logprobs"))) for r in records])
 
 
-def token_logprobs(record: Record) -> np.ndarray:
-    """The record's per-token log-probs, or a CertaError naming the record when there are none."""
-    if not record.token_logprobs:
+def per_token(record: Record, field: str) -> np.ndarray:
+    """A per-token list of the record (``token_logprobs``, ``token_entropies``) or a CertaError naming it."""
+    values = getattr(record, field)
+    if not values:
         raise CertaError(
-            f"record {record.id!r} has no token_logprobs; produce it with certa.generate "
+            f"record {record.id!r} has no {field}; produce it with certa.generate "
             "(or `certa generate`), which records them for every answer"
         )
-    return np.asarray(record.token_logprobs, dtype=float)
+    return np.asarray(values, dtype=float)
