@@ -9,7 +9,7 @@ STAMP := $(VENV)/.certa-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo demo-full test test-all lint clean
+.PHONY: install demo demo-full results test test-all lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 demo-full: $(STAMP)
 	$(VENV)/bin/certa demo --out $(DEMO_OUT)-full
+
+# Regenerates docs/RESULTS.md and docs/results/*.png (about an hour on 2 CPU cores; stages are cached in runs/results).
+results: $(STAMP)
+	$(VENV)/bin/certa run configs/results.yaml
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -111,6 +111,12 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records,
     assert not (tmp_path / "g.jsonl").exists()  # nothing half-written
 
 
+def test_a_usage_error_is_clicks_message_not_a_traceback(capsys):
+    code, out, err = run_cli(capsys, "grade", "--in", "x.jsonl", "--no-such-flag")
+    assert code == 2
+    assert "No such option" in err and "Traceback" not in err + out
+
+
 def test_methods_lists_every_registered_method(capsys):
     code, out, _ = run_cli(capsys, "methods")
     assert code == 0

@@ -23,6 +23,12 @@ def test_yaml_config_validates_and_accepts_dataset_shorthand(tmp_path):
         ("training: {grace: {lora_r: many}}\n", "field 'training.grace.lora_r'"),
         ("model: [unclosed\n", "malformed YAML"),
         ("- a list\n", "expected a mapping"),
+        ("datasets: [arithmetic]\ncross_domain: {datasets: [arithmetic, capitals]}\n",
+         "dataset 'capitals' is not in 'datasets' \\(arithmetic\\)"),
+        ("datasets: [arithmetic]\nmethods: [grace]\nscaling: {dataset: arithmetc}\n", "dataset 'arithmetc'"),
+        ("datasets: [arithmetic]\nmethods: [sequence_likelihood]\nscaling: {dataset: arithmetic}\n",
+         "scaling reads 'grace' confidences, so that method must be in 'methods'"),
+        ("datasets: [a.jsonl, other/a.jsonl]\n", "two datasets share a name; give one a 'label'"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, text, message):
@@ -30,3 +36,10 @@ def test_config_errors_name_the_field(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(InputError, match=message):
         RunConfig.from_yaml(path)
+
+
+def test_dataset_keys_are_path_safe_names():
+    config = RunConfig.from_dict({"datasets": ["arithmetic", "data/My Set.jsonl", "hf:owner/trivia_qa:rc",
+                                               {"name": "x.jsonl", "label": "mine"}]})
+    assert [d.key for d in config.datasets] == ["arithmetic", "My_Set", "trivia_qa_rc", "mine"]
+    assert config.dataset("My_Set").name == "data/My Set.jsonl"

@@ -277,3 +277,22 @@ def test_bad_parameters_are_named():
         metrics.bootstrap_ci(metrics.brier, conf, correct, n_resamples=-1)
     with pytest.raises(InputError, match="eps must be in"):
         metrics.nll(conf, correct, eps=0.0)
+
+
+def test_paired_difference_matches_a_naive_paired_bootstrap():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 80).astype(float)
+    a = np.clip(0.6 * y + rng.uniform(0, 0.4, 80), 0, 1)
+    b = rng.uniform(0, 1, 80)
+    value, low, high = metrics.paired_difference("brier", a, b, y, n_resamples=300, seed=5)
+    assert value == pytest.approx(metrics.brier(a, y) - metrics.brier(b, y))
+    rows = np.random.default_rng(5).integers(0, 80, size=(300, 80))
+    diffs = [metrics.brier(a[r], y[r]) - metrics.brier(b[r], y[r]) for r in rows]
+    assert (low, high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])))
+    assert high < 0  # a is clearly better
+
+
+def test_paired_difference_of_a_method_with_itself_is_exactly_zero():
+    rng = np.random.default_rng(0)
+    y, c = rng.integers(0, 2, 50).astype(float), rng.uniform(0, 1, 50)
+    assert metrics.paired_difference("auroc", c, c, y, n_resamples=100) == (0.0, 0.0, 0.0)

@@ -35,7 +35,7 @@ _EXPORTS = {
     "train_conftuner": "certa.methods.conftuner",
     "TrainConfig": "certa.training.objective",
     "RunConfig": "certa.config",
-    "run_study": "certa.pipeline",
+    "run_study": "certa.study",
     "Example": "certa.records",
     "Generation": "certa.records",
     "Record": "certa.records",

@@ -59,7 +59,7 @@ def demo(
 ) -> None:
     """Run the whole study on the bundled default model and data, print the table, write the report."""
     from .demo import demo_config
-    from .pipeline import run_study
+    from .study import run_study
 
     config = demo_config(out=out, quick=quick, model=model)
     console.print(f"[bold]certa demo[/] on {config.model}: {', '.join(d.name for d in config.datasets)} → {out}")
@@ -71,7 +71,7 @@ def demo(
 def run(config_path: Annotated[Path, typer.Argument(help="YAML run configuration (see configs/).")]) -> None:
     """Run a study described by a YAML config (stages are cached and resume)."""
     from .config import RunConfig
-    from .pipeline import run_study
+    from .study import run_study
 
     config = RunConfig.from_yaml(config_path)
     _print_study(run_study(config))
@@ -82,6 +82,8 @@ def _print_study(result) -> None:
     for name, res in result.by_dataset.items():
         console.print(f"[bold]{name}[/]: n={res.n}, accuracy={res.accuracy.format()}")
     console.print(f"metrics: {result.out / 'metrics.json'}\nreport:  {result.out / 'report.html'}")
+    if result.markdown:
+        console.print(f"results: {result.markdown}")
 
 
 def _print_summary(result) -> None:
@@ -472,15 +474,21 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, _click_exception_types()):
             exc.show()
             sys.exit(exc.exit_code)
         if isinstance(exc, OSError) and not _state["debug"]:
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
         raise
+
+
+def _click_exception_types() -> tuple[type[Exception], ...]:
+    # Recent typer vendors click as ``typer._click``, whose exceptions are not ``click``'s own.
+    import click
+
+    vendored = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return (click.ClickException, vendored)
 
 
 if __name__ == "__main__":  # pragma: no cover

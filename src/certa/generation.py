@@ -16,6 +16,7 @@ JSONL file at once, and a re-run skips the ids already there.
 from __future__ import annotations
 
 import contextlib
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -225,16 +226,38 @@ def _prompt_text(lm: LoadedModel, example: Example) -> str:
 
 
 def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[Generation]:
+    clock = _BatchClock()
     input_ids, attention_mask = _left_pad(lm, [item.prompt_ids for item in batch])
     greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
                      capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True)
     gens = [_to_generation(lm, item, greedy, row, s.hidden_states) for row, item in enumerate(batch)]
+    clock.lap("answer")
     for hook, values in _run_hooks(lm, greedy, s.hooks):
         for gen, value in zip(gens, values, strict=True):
             gen.confidence[hook.name] = value
+    clock.lap("confidence")
     if s.samples:
         _add_samples(lm, gens, input_ids, attention_mask, s)
+        clock.lap("samples")
+    for gen in gens:
+        gen.meta["seconds"] = clock.share(len(gens))
     return gens
+
+
+class _BatchClock:
+    """Wall time of a batch's phases, so costs can be reported per example (``meta["seconds"]``)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def share(self, n: int) -> dict[str, float]:
+        return {phase: seconds / n for phase, seconds in self.phases.items()}
 
 
 def _add_samples(lm: LoadedModel, gens: list[Generation], input_ids: torch.Tensor,

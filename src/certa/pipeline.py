@@ -1,16 +1,18 @@
-"""File-based stages and the study that chains them.
+"""File-based stages: generate, grade, train, score.
 
 Each stage reads and writes files under one output directory, so a run can
 stop anywhere and resume: generation skips ids already written, training
-continues from its last checkpoint, scores are cached per method. ``run_study``
-is what ``certa run`` and ``certa demo`` call.
+continues from its last checkpoint, scores are cached per method and redone
+only when their inputs change. ``certa.study.run_study`` chains them.
 
 Layout of ``out/``::
 
     config.json                    the validated RunConfig that made the run
     <dataset>/train.generations.jsonl, test.generations.jsonl
     <dataset>/train.records.jsonl,     test.records.jsonl
+    <dataset>/generation-settings.json the settings that made the generations (a change redoes them)
     <dataset>/scores.jsonl             one row per test id: correct + every method's confidence
+    <dataset>/scores.jsonl.meta.json   per method: cache key, timings, cost, diagnostics
     artifacts/grace, artifacts/conftuner   trained methods (certa.load_model-able)
     metrics.json, report.html          evaluation of every method, pooled and per dataset
 """
@@ -28,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .config import RunConfig
+from .config import DatasetSettings, RunConfig
 from .errors import CertaError, InputError
-from .records import Example, Generation, Record, atomic_write_text, read_jsonl, write_jsonl
+from .records import Example, Generation, Record, atomic_write_text, iter_jsonl, read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
-    from .evaluation import EvaluationResult
     from .models import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -77,13 +78,24 @@ def grade_stage(generations: Sequence[Generation], examples: Sequence[Example], 
 
 @dataclass
 class MethodScores:
-    """One method's confidences on the evaluated records, with what it cost."""
+    """One method's confidences on the evaluated records, with what they cost.
+
+    ``seconds`` is scoring time, ``fit_seconds`` fitting time (0 for
+    training-free methods), ``needs`` the method's ``Needs`` flags by name.
+    """
 
     name: str
     scores: np.ndarray
     seconds: float
     cost: str
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    needs: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the scores (what the score cache keeps beside them)."""
+        return {"seconds": self.seconds, "fit_seconds": self.fit_seconds, "cost": self.cost,
+                "needs": self.needs, "diagnostics": self.diagnostics}
 
 
 def score_stage(
@@ -107,12 +119,89 @@ def score_stage(
             if not fit_records:
                 raise CertaError(f"method {name!r} must be fitted, but no training records were given")
             method.fit(fit_records)
+        fitted = time.perf_counter()
         scores = method(test_records)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - fitted
         diagnostics = dict(getattr(method, "last_diagnostics", {}) or {})
-        results[name] = MethodScores(name, scores, seconds, method.cost, diagnostics)
+        needs = [flag.name for flag in type(method.needs) if flag in method.needs and flag.name]
+        results[name] = MethodScores(name, scores, seconds, method.cost, diagnostics, fitted - start, needs)
         log.info("scored %s in %.1fs", name, seconds)
     return results
+
+
+def cached_score_stage(
+    methods: Sequence[str],
+    test_records: Sequence[Record],
+    path: Path,
+    *,
+    fit_records: Sequence[Record] = (),
+    models: dict[str, LoadedModel] | None = None,
+    default_model: LoadedModel | None = None,
+    provenance: dict[str, str] | None = None,
+) -> dict[str, MethodScores]:
+    """``score_stage`` that keeps its results in ``path`` and rescores only what changed.
+
+    A method's cached scores are reused while its inputs are unchanged: its
+    name, ``provenance[method]`` (the model or artifact it reads), the fit
+    records (ids, answers, grades) and the scored answers. The cache is
+    ``path`` (a scores JSONL) plus ``path.meta.json`` holding each method's key,
+    timings, cost and diagnostics.
+    """
+    provenance = provenance or {}
+    keys = {m: _fingerprint(m, provenance.get(m.split("+", 1)[0], ""), _record_key(fit_records, graded=True)
+                            if needs_fit(m) else None, _record_key(test_records, graded=False))
+            for m in methods}
+    cached = _read_score_cache(path, [r.id for r in test_records])
+    results = {m: cached[m][0] for m in methods if m in cached and cached[m][1] == keys[m]}
+    todo = [m for m in methods if m not in results]
+    if todo:
+        results.update(score_stage(todo, test_records, fit_records=fit_records, models=models,
+                                   default_model=default_model))
+    ordered = {m: results[m] for m in methods}
+    if todo or set(cached) != set(methods):
+        write_scores(path, test_records, ordered)
+        meta = {m: {"key": keys[m], **s.summary()} for m, s in ordered.items()}
+        atomic_write_text(_cache_meta_path(path), json.dumps(meta, indent=1))
+    return ordered
+
+
+def needs_fit(name: str) -> bool:
+    from .methods import method_class
+    from .methods.base import Needs
+
+    return any(Needs.FIT in method_class(part).needs for part in name.split("+"))
+
+
+def _record_key(records: Sequence[Record], *, graded: bool) -> str:
+    parts = [(r.id, r.response, r.correct if graded else None, r.samples) for r in records]
+    return _fingerprint(parts)
+
+
+def _cache_meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".meta.json")
+
+
+def _read_score_cache(path: Path, ids: list[str]) -> dict[str, tuple[MethodScores, str]]:
+    """Cached (scores, key) per method, or nothing when the cache is missing or for other answers."""
+    meta_path = _cache_meta_path(path)
+    if not (path.exists() and meta_path.exists()):
+        return {}
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        rows = [row for _, row in iter_jsonl(path)]
+    except (CertaError, ValueError) as exc:
+        log.warning("ignoring unreadable score cache %s (%s)", path, exc)
+        return {}
+    if [row.get("id") for row in rows] != ids:
+        return {}
+    cached = {}
+    for name, info in meta.items():
+        if not all(name in row.get("scores", {}) for row in rows):
+            continue
+        scores = np.asarray([row["scores"][name] for row in rows], dtype=float)
+        cached[name] = (MethodScores(name, scores, info["seconds"], info["cost"], info.get("diagnostics", {}),
+                                     info.get("fit_seconds", 0.0), info.get("needs", [])), info["key"])
+    return cached
 
 
 def write_scores(path: Path, records: Sequence[Record], scores: dict[str, MethodScores]) -> Path:
@@ -153,98 +242,64 @@ def _finite(value: Any, name: str, where: str) -> float:
     return number
 
 
-# ── the study ─────────────────────────────────────────────────────────────────────────────────
+# ── one dataset's answers ─────────────────────────────────────────────────────────────────────
 
 
 @dataclass
-class StudyResult:
-    """What ``run_study`` produced: the pooled evaluation and where everything lies."""
+class DatasetRecords:
+    """A dataset's graded train and test answers from the base model."""
 
-    out: Path
-    evaluation: EvaluationResult
-    by_dataset: dict[str, EvaluationResult]
-    costs: dict[str, dict[str, float]]
-    artifacts: dict[str, Path]
+    name: str
+    train: list[Record]
+    test: list[Record]
 
 
-def run_study(config: RunConfig, *, progress: bool = True) -> StudyResult:
-    """Generate, grade, train, score and evaluate as ``config`` says; resumes from ``config.out``."""
+def prepare_dataset(config: RunConfig, lm: LoadedModel, ds: DatasetSettings) -> DatasetRecords:
+    """Generate (resumably) and grade one dataset's train and test answers under ``config.out/<name>``.
+
+    Train questions get the greedy answer only; test questions also get
+    ``generation.samples`` sampled answers. Files made with other generation
+    settings are stale and are regenerated.
+    """
     from .data import load_dataset
-    from .evaluation import evaluate
-    from .models import load_model
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", config.model_dump_json(indent=2))
-    _check_methods(config.methods)
-
-    lm = load_model(config.model)
     gen = config.generation
-    train_records: dict[str, list[Record]] = {}
-    test_records: dict[str, list[Record]] = {}
-    gen_seconds: dict[str, float] = {}
-    for ds in config.datasets:
-        train_ex = load_dataset(ds.name, split="train", limit=ds.train_limit, seed=config.seed)
-        test_ex = load_dataset(ds.name, split="test", limit=ds.test_limit, seed=config.seed)
-        d = out / ds.name
-        log.info("%s: %d train / %d test questions", ds.name, len(train_ex), len(test_ex))
-        train_gen = generate_stage(
-            lm, train_ex, d / "train.generations.jsonl", max_new_tokens=gen.max_new_tokens,
-            batch_size=gen.batch_size, seed=config.seed,
-        )
-        start = time.perf_counter()
-        test_gen = generate_stage(
-            lm, test_ex, d / "test.generations.jsonl", max_new_tokens=gen.max_new_tokens,
-            batch_size=gen.batch_size, samples=gen.samples, temperature=gen.temperature, seed=config.seed,
-        )
-        gen_seconds[ds.name] = time.perf_counter() - start
-        train_records[ds.name] = grade_stage(train_gen, train_ex, d / "train.records.jsonl")
-        test_records[ds.name] = grade_stage(test_gen, test_ex, d / "test.records.jsonl")
-
-    pooled_train = [r for rs in train_records.values() for r in rs]
-    artifacts = train_methods(config, pooled_train, out / "artifacts")
-    models = {name: load_model(str(path)) for name, path in artifacts.items()}
-
-    per_dataset: dict[str, EvaluationResult] = {}
-    all_scores: dict[str, list[np.ndarray]] = {m: [] for m in config.methods}
-    costs: dict[str, dict[str, float]] = {m: {"seconds": 0.0} for m in config.methods}
-    diagnostics: dict[str, dict[str, Any]] = {}
-    for ds in config.datasets:
-        records = test_records[ds.name]
-        scored = score_stage(config.methods, records, fit_records=pooled_train, models=models, default_model=lm)
-        write_scores(out / ds.name / "scores.jsonl", records, scored)
-        for name, s in scored.items():
-            all_scores[name].append(s.scores)
-            costs[name]["seconds"] += s.seconds
-            costs[name]["cost"] = s.cost  # type: ignore[assignment]
-            diagnostics.setdefault(name, {})[ds.name] = s.diagnostics
-        per_dataset[ds.name] = evaluate(
-            records, {m: s.scores for m, s in scored.items()},
-            n_bins=config.evaluation.n_bins, n_bootstrap=config.evaluation.n_bootstrap, seed=config.seed,
-        )
-
-    total_gen = sum(gen_seconds.values()) or float("nan")
-    for name in costs:
-        costs[name]["relative_to_generation"] = costs[name]["seconds"] / total_gen
-    pooled_records = [r for ds in config.datasets for r in test_records[ds.name]]
-    extra = {
-        "config": json.loads(config.model_dump_json()),
-        "generation_seconds": gen_seconds,
-        "costs": costs,
-        "diagnostics": diagnostics,
-        "by_dataset": {name: res.to_dict() for name, res in per_dataset.items()},
-    }
-    evaluation = evaluate(
-        pooled_records, {m: np.concatenate(v) for m, v in all_scores.items()},
-        n_bins=config.evaluation.n_bins, n_bootstrap=config.evaluation.n_bootstrap, seed=config.seed,
-        extra=extra,
-    )
-    evaluation.save(out)
-    evaluation.to_html(out / "report.html", title=f"certa — {config.model} on {', '.join(per_dataset)}")
-    return StudyResult(out, evaluation, per_dataset, costs, artifacts)
+    d = Path(config.out) / ds.key
+    files = [d / f"{split}.generations.jsonl" for split in ("train", "test")]
+    settings = {"model": config.model, "seed": config.seed, **gen.model_dump(exclude={"batch_size"})}
+    refresh_stamp(d / "generation-settings.json", settings, files)
+    train_ex = load_dataset(ds.name, split="train", limit=ds.train_limit, seed=config.seed)
+    test_ex = load_dataset(ds.name, split="test", limit=ds.test_limit, seed=config.seed)
+    log.info("%s: %d train / %d test questions", ds.key, len(train_ex), len(test_ex))
+    train_gen = generate_stage(lm, train_ex, files[0], max_new_tokens=gen.max_new_tokens,
+                               batch_size=gen.batch_size, seed=config.seed)
+    test_gen = generate_stage(lm, test_ex, files[1], max_new_tokens=gen.max_new_tokens,
+                              batch_size=gen.batch_size, samples=gen.samples, temperature=gen.temperature,
+                              seed=config.seed)
+    return DatasetRecords(ds.key, grade_stage(train_gen, train_ex, d / "train.records.jsonl"),
+                          grade_stage(test_gen, test_ex, d / "test.records.jsonl"))
 
 
-def _check_methods(methods: Sequence[str]) -> None:
+def refresh_stamp(stamp: Path, settings: dict[str, Any], outputs: Sequence[Path]) -> None:
+    """Delete ``outputs`` (and their partial files) when they were made with other ``settings``.
+
+    The stamp records the settings that made the outputs, so a changed
+    setting redoes exactly the stage it affects and nothing else.
+    """
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if stamp.exists() and not _stamp_is(stamp, text):
+        stale = [p for p in outputs if p.exists() or p.with_name(p.name + ".partial").exists()]
+        if stale:
+            log.warning("%s: settings changed; redoing %s", stamp.parent, ", ".join(p.name for p in stale))
+        for p in outputs:
+            p.unlink(missing_ok=True)
+            p.with_name(p.name + ".partial").unlink(missing_ok=True)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stamp, text)
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    """Fail early, naming the method, when a listed method does not exist."""
     from .methods import method_class
 
     if not methods:
@@ -273,9 +328,9 @@ def train_methods(config: RunConfig, records: Sequence[Record], root: Path) -> d
 
             train_config = TrainConfig(seed=config.seed)
         out = root / method
-        fingerprint = _fingerprint(config.model, train_config.model_dump(), sorted(r.id for r in records))
+        fingerprint = _fingerprint(config.model, train_config.model_dump(), _record_key(records, graded=True))
         stamp = out / "trained-from.txt"
-        if (out / "certa.json").exists() and stamp.exists() and stamp.read_text() == fingerprint:
+        if (out / "certa.json").exists() and _stamp_is(stamp, fingerprint):
             log.info("reusing trained %s at %s", method, out)
         else:
             train_method(method, load_model(config.model), records, train_config, out, resume=True)
@@ -298,6 +353,10 @@ def train_method(method: str, lm: LoadedModel, records: Sequence[Record], config
     from .errors import UnknownNameError
 
     raise UnknownNameError("trainable method", method, TRAINED_METHODS)
+
+
+def _stamp_is(stamp: Path, text: str) -> bool:
+    return stamp.exists() and stamp.read_text(encoding="utf-8").strip() == text
 
 
 def _fingerprint(*parts: Any) -> str:

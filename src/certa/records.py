@@ -13,7 +13,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -181,13 +181,27 @@ def write_jsonl(path: str | os.PathLike[str], items: Iterable[Example | Generati
 
 
 def atomic_write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> Path:
+    """Write text lines to ``path`` through a temp file and a rename: never half-written."""
+
+    def write(fh: Any) -> None:
+        for line in lines:
+            fh.write((line + "\n").encode("utf-8"))
+
+    return _atomic_write(path, write)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename: never half-written."""
+    return _atomic_write(path, lambda fh: fh.write(data))
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for line in lines:
-                fh.write(line + "\n")
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should look like any other
         os.replace(tmp, p)
     except BaseException:

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,6 +211,7 @@ def _run_loop(objective: Objective, lm: LoadedModel, config: TrainConfig, accele
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {objective.method}",
                disable=not (progress and accelerator.is_main_process))
     lm.model.train()
+    last = time.perf_counter()
     while step < total_steps:
         # accelerate closes a partial accumulation at the end of each epoch, so a step
         # number maps to (epoch, batches already consumed in it) without ambiguity.
@@ -227,7 +229,9 @@ def _run_loop(objective: Objective, lm: LoadedModel, config: TrainConfig, accele
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            _log_step(out, accelerator, step, loss, scheduler, scalars)
+            now = time.perf_counter()
+            _log_step(out, accelerator, step, loss, scheduler, {**scalars, "seconds": now - last})
+            last = now
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % config.save_every == 0 or step == total_steps:
@@ -302,6 +306,15 @@ def _truncate_log(path: Path, step: int) -> None:
     kept = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.strip() and json.loads(line)["step"] <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def training_seconds(out_dir: str | os.PathLike[str]) -> float:
+    """Wall time the training in ``out_dir`` took, summed over its logged steps (resumes included)."""
+    path = Path(out_dir) / TRAIN_LOG
+    if not path.exists():
+        return float("nan")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return float(sum(row.get("seconds", float("nan")) for row in rows))
 
 
 def data_summary(records: Sequence[Record], n_items: int) -> dict[str, Any]:

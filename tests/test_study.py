@@ -1,0 +1,138 @@
+"""The whole study on the tiny model: every stage, cross-domain, scaling, costs, the write-up, and its cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from certa import pipeline
+from certa.config import RunConfig
+from certa.data.grading import register_grader
+from certa.study import run_study
+
+METHODS = ["sequence_likelihood", "consistency", "linear_probe", "apricot", "grace", "conftuner"]
+
+
+@register_grader("test-parity")
+def _parity(response: str, example) -> float:
+    # A random-weight model is never right; this grader calls a third of the questions' answers correct.
+    return float(int(example.id[1:]) % 3 == 0)
+
+
+def _dataset(path, prefix: str, n: int = 40):
+    rows = [{"id": f"{prefix}{i}", "question": f"Question {prefix} number {i}?", "answers": ["x"],
+             "answer_type": "short", "meta": {"grader": "test-parity"}} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def study_config(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("study")
+    a, b = _dataset(root / "a.jsonl", "a"), _dataset(root / "b.jsonl", "b")
+    discussion = root / "discussion.md"
+    discussion.write_text("## Discussion\n\nHand-written words.\n")
+    train = {"epochs": 1, "batch_size": 8, "max_steps": 2}
+    return RunConfig.from_dict({
+        "model": str(tiny_model_dir), "out": str(root / "run"),
+        "datasets": [{"name": a, "train_limit": 20, "test_limit": 12}, {"name": b, "train_limit": 20, "test_limit": 12}],
+        "methods": METHODS,
+        "generation": {"max_new_tokens": 4, "batch_size": 8, "samples": 2, "temperature": 1.0},
+        "training": {"grace": train, "conftuner": train},
+        "evaluation": {"n_bins": 5, "n_bootstrap": 50},
+        "cross_domain": {"datasets": [a, b]},
+        "scaling": {"dataset": a, "test_limit": 8, "budget": 3, "tau_sweep": [0.2, 0.8]},
+        "publish": {"markdown": str(root / "docs" / "RESULTS.md"), "discussion": str(discussion)},
+    })
+
+
+@pytest.fixture(scope="module")
+def study(study_config):
+    return run_study(study_config, progress=False)
+
+
+def test_study_evaluates_every_method_pooled_and_per_dataset(study, study_config):
+    assert set(study.evaluation.methods) == set(METHODS)
+    assert study.evaluation.n == sum(res.n for res in study.by_dataset.values())
+    metrics = json.loads((study.out / "metrics.json").read_text())
+    assert set(metrics["extra"]["by_dataset"]) == {"a", "b"}  # a file's stem names its outputs
+
+
+def test_cross_domain_covers_every_learned_method_and_pair(study, study_config):
+    learned = {"linear_probe", "apricot", "grace", "conftuner"}
+    names = ["a", "b"]
+    assert set(study.cross_domain["methods"]) == learned
+    pairs = {(r["method"], r["train"], r["test"]) for r in study.cross_domain["results"]}
+    assert pairs == {(m, s, t) for m in learned for s in names for t in names}
+    # Trained on one dataset alone: the artifact's data summary says so.
+    info = json.loads((study.out / "cross_domain" / f"trained-on-{names[0]}" / "grace" / "certa.json").read_text())
+    assert info["data"]["records"] == 20
+
+
+def test_scaling_reads_grace_confidence_of_every_sample(study):
+    s = study.scaling
+    assert set(s["curves"]) == {"sc", "adaptive_sc", "early_stop_sc", "grace_sc", "grace_es"}
+    assert [p["budget"] for p in s["curves"]["sc"]] == [1, 2, 3]
+    records = pipeline.load_records(study.out / "scaling" / "records.jsonl")
+    assert all(len(r.sample_confidence["grace"]) == 3 for r in records)
+    for point in s["tau_sweep"]:
+        assert 1 <= point["mean_samples"] <= 3
+
+
+def test_costs_charge_samples_to_the_methods_that_read_them(study):
+    costs = study.costs
+    assert all(np.isfinite(c["relative_to_generation"]) and c["relative_to_generation"] >= 0 for c in costs.values())
+    assert costs["consistency"]["relative_to_generation"] > costs["sequence_likelihood"]["relative_to_generation"]
+    assert costs["grace"]["training_seconds"] > 0 and "realtime_relative_to_generation" in costs["grace"]
+
+
+def test_write_up_has_every_section_and_figure(study, study_config):
+    text = study.markdown.read_text()
+    for heading in ("# Results", "## Datasets", "## Calibration, all test answers pooled", "## Calibration per dataset",
+                    "## Cross-domain", "## Cost", "## Test-time scaling", "## The papers' claims", "## Discussion"):
+        assert heading in text, heading
+    figures = study.markdown.parent / "results"
+    assert (figures / "reliability.png").stat().st_size > 1000
+    assert (figures / "scaling.png").stat().st_size > 1000
+    assert "](results/reliability.png)" in text
+    ece = study.evaluation.methods["grace"]["ece"]
+    assert f"{ece.value:.3f} [{ece.low:.3f}, {ece.high:.3f}]" in text
+
+
+def test_a_rerun_reuses_every_stage_and_redoes_only_what_changed(study, study_config, monkeypatch):
+    calls: list[list[str]] = []
+    real = pipeline.score_stage
+
+    def counting(methods, *args, **kwargs):
+        calls.append(list(methods))
+        return real(methods, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "score_stage", counting)
+    monkeypatch.setattr(pipeline, "train_method", lambda *a, **k: pytest.fail("retrained a cached artifact"))
+    again = run_study(study_config, progress=False)
+    assert calls == []
+    assert again.evaluation.methods["grace"]["ece"].value == study.evaluation.methods["grace"]["ece"].value
+
+    more = study_config.model_copy(update={"methods": [*METHODS, "token_entropy"]})
+    run_study(more, progress=False)
+    assert calls and all(c == ["token_entropy"] for c in calls)
+
+
+def test_refresh_stamp_redoes_outputs_only_when_settings_change(tmp_path):
+    out, partial, stamp = tmp_path / "g.jsonl", tmp_path / "g.jsonl.partial", tmp_path / "settings.json"
+    out.write_text("{}\n")
+    pipeline.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
+    pipeline.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
+    assert out.exists()
+    partial.write_text("{}\n")
+    pipeline.refresh_stamp(stamp, {"max_new_tokens": 16}, [out])
+    assert not out.exists() and not partial.exists()
+
+
+def test_run_time_section_adds_up_the_stages(study):
+    stages = study.evaluation.extra["compute_seconds"]
+    assert {"training: grace", "training: conftuner", "cross-domain: training"} <= set(stages)
+    assert all(seconds > 0 for seconds in stages.values())
+    assert "## Run time" in study.markdown.read_text()
