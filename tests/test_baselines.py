@@ -22,7 +22,7 @@ from certa.scoring import (
     restricted_next_token_probs,
 )
 
-BASELINES = ["sequence_likelihood", "token_entropy", "verbalized", "p_true", "consistency", "linear_probe",
+BASELINES = ["base_rate", "sequence_likelihood", "token_entropy", "verbalized", "p_true", "consistency", "linear_probe",
              "apricot", "platt", "temperature", "isotonic"]
 
 
@@ -313,3 +313,12 @@ def test_every_baseline_is_registered_and_describes_itself():
         cls = method_class(name)
         assert cls.describe() and cls.describe() != name
         assert cls.cost
+
+
+def test_base_rate_is_the_training_accuracy_for_every_answer():
+    train = [record(f"t{i}", correct=float(i % 4 == 0)) for i in range(20)]
+    test = [record(f"s{i}") for i in range(3)]
+    method = get_method("base_rate").fit(train)
+    assert method(test).tolist() == [0.25, 0.25, 0.25]
+    with pytest.raises(CertaError, match="must be fitted"):
+        get_method("base_rate")(test)

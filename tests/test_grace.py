@@ -186,7 +186,7 @@ def test_full_mode_trains_with_lm_loss(lively_dir, train_records, tmp_path):
     import json
 
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert all(row["loss"] == pytest.approx(row["mse"] + row["lm_loss"], rel=1e-5) for row in log)
+    assert all(row["loss"] == pytest.approx(row["calibration"] + row["lm_loss"], rel=1e-5) for row in log)
     full = _load(out)
     assert full.artifact["method_info"]["answers_use_adapter"] is True
     conf = get_method("grace", model=full)(train_records)

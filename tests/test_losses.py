@@ -84,3 +84,25 @@ def test_mse_gradient_direction():
     conf = torch.tensor([0.9, 0.1], requires_grad=True)
     grace_calibration_loss(conf, torch.tensor([0.5, 0.1])).backward()
     assert conf.grad.tolist() == pytest.approx([0.4, 0.0])
+
+
+def test_grace_bce_loss_matches_hand_values():
+    conf, target = torch.tensor([0.2, 0.9]), torch.tensor([0.5, 1.0])
+    expected = (-(0.5 * math.log(0.2) + 0.5 * math.log(0.8)) - math.log(0.9)) / 2
+    assert grace_calibration_loss(conf, target, "bce").item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown GrACE calibration loss"):
+        grace_calibration_loss(conf, target, "hinge")
+
+
+def test_grace_bce_gradient_on_the_logit_does_not_vanish_near_zero():
+    # c = softmax(z)[0] starts near 0 while the target is 0.2: MSE barely moves z, BCE moves it by c - t.
+    for kind in ("bce", "mse"):
+        logits = torch.tensor([-8.0, 4.0], requires_grad=True)
+        conf = logits.softmax(-1)[:1]
+        grace_calibration_loss(conf, torch.tensor([0.2]), kind).backward()
+        c = conf.item()
+        if kind == "bce":
+            assert logits.grad[0].item() == pytest.approx(c - 0.2, rel=1e-4)
+        else:
+            assert abs(logits.grad[0].item()) == pytest.approx(2 * 0.2 * c * (1 - c), rel=1e-2)
+            assert abs(logits.grad[0].item()) < 1e-5

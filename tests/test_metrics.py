@@ -296,3 +296,14 @@ def test_paired_difference_of_a_method_with_itself_is_exactly_zero():
     rng = np.random.default_rng(0)
     y, c = rng.integers(0, 2, 50).astype(float), rng.uniform(0, 1, 50)
     assert metrics.paired_difference("auroc", c, c, y, n_resamples=100) == (0.0, 0.0, 0.0)
+
+
+def test_paired_mean_difference_resamples_pairs_together():
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, 2, 60).astype(float), rng.integers(0, 2, 60).astype(float)
+    value, low, high = metrics.paired_mean_difference(a, b, n_resamples=200, seed=2)
+    assert value == pytest.approx(a.mean() - b.mean())
+    rows = np.random.default_rng(2).integers(0, 60, size=(200, 60))
+    assert (low, high) == pytest.approx(tuple(np.quantile([(a[r] - b[r]).mean() for r in rows], [0.025, 0.975])))
+    with pytest.raises(InputError, match="equal, non-zero length"):
+        metrics.paired_mean_difference(a, b[:10])

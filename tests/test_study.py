@@ -136,3 +136,21 @@ def test_run_time_section_adds_up_the_stages(study):
     assert {"training: grace", "training: conftuner", "cross-domain: training"} <= set(stages)
     assert all(seconds > 0 for seconds in stages.values())
     assert "## Run time" in study.markdown.read_text()
+
+
+def test_changed_training_config_trains_afresh_instead_of_resuming(study, study_config, monkeypatch):
+    calls: list[list[str]] = []
+    real = pipeline.score_stage
+    monkeypatch.setattr(pipeline, "score_stage", lambda methods, *a, **k: calls.append(list(methods)) or
+                        real(methods, *a, **k))
+    grace = study.out / "artifacts" / "grace"
+    before = (grace / "trained-from.txt").read_text()
+    training = study_config.training.model_copy(
+        update={"grace": study_config.training.grace.model_copy(update={"calibration_loss": "bce"})})
+    changed = study_config.model_copy(update={"training": training, "cross_domain": None, "scaling": None,
+                                              "publish": None})
+    run_study(changed, progress=False)
+    log = [json.loads(line) for line in (grace / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]  # trained from step 1, not resumed from the old run's end
+    assert (grace / "trained-from.txt").read_text() != before
+    assert all(c == ["grace"] for c in calls) and len(calls) == 2  # the new artifact is rescored, nothing else

@@ -147,6 +147,17 @@ def test_resume_after_interruption_matches_uninterrupted_run(fresh_lm, tmp_path)
     assert steps == list(range(1, 7))
 
 
+def test_resume_refuses_a_checkpoint_of_another_config(fresh_lm, tmp_path):
+    from certa.errors import InputError
+
+    lm = fresh_lm()
+    with pytest.raises(Interrupted):
+        train(InterruptAfter(4), lm, make_records(lm), CONFIG, tmp_path / "run", progress=False)
+    other = CONFIG.model_copy(update={"lr": CONFIG.lr * 10, "save_every": 3})
+    lm = fresh_lm()
+    with pytest.raises(InputError, match=r"step-4: checkpoint was trained with lr="):
+        train(ToyObjective(), lm, make_records(lm), other, tmp_path / "run", resume=True, progress=False)
+
 def test_optimizer_has_separate_token_learning_rate(fresh_lm):
     from certa.training.trainer import attach_adapter
 

@@ -66,6 +66,7 @@ __all__ = [
     "mce",
     "nll",
     "paired_difference",
+    "paired_mean_difference",
     "reliability_bins",
     "risk_coverage_curve",
 ]
@@ -761,3 +762,21 @@ def paired_difference(
         draws.append(fn(_Levels(a, y, counts), n_bins) - fn(_Levels(b, y, counts), n_bins))
     low, high = _percentile_interval(np.concatenate(draws), alpha) if n_resamples else (float("nan"),) * 2
     return value, low, high
+
+
+def paired_mean_difference(
+    a: ArrayLike, b: ArrayLike, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0,
+) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` for paired per-item values (e.g. two strategies' correctness per question).
+
+    Items are resampled with replacement, pairs kept together; returns
+    ``(difference, low, high)`` with a percentile bootstrap interval.
+    """
+    _check_bootstrap(n_resamples, alpha)
+    x, y = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
+    if x.shape != y.shape or x.size == 0:
+        raise InputError(f"paired values must have one equal, non-zero length, got {x.size} and {y.size}")
+    diff = x - y
+    draws = [diff[block].mean(axis=1) for block in _resample_indices(diff.size, n_resamples, seed)]
+    low, high = _percentile_interval(np.concatenate(draws), alpha) if n_resamples else (float("nan"),) * 2
+    return float(diff.mean()), low, high

@@ -328,15 +328,41 @@ def train_methods(config: RunConfig, records: Sequence[Record], root: Path) -> d
 
             train_config = TrainConfig(seed=config.seed)
         out = root / method
-        fingerprint = _fingerprint(config.model, train_config.model_dump(), _record_key(records, graded=True))
+        # Defaults are left out so that a new option whose default keeps the old behaviour reuses artifacts.
+        fingerprint = _fingerprint(config.model, train_config.model_dump(exclude_defaults=True),
+                                   _record_key(records, graded=True))
         stamp = out / "trained-from.txt"
         if (out / "certa.json").exists() and _stamp_is(stamp, fingerprint):
             log.info("reusing trained %s at %s", method, out)
         else:
+            _start_or_resume(out, fingerprint)
             train_method(method, load_model(config.model), records, train_config, out, resume=True)
             atomic_write_text(stamp, fingerprint)
         artifacts[method] = out
     return artifacts
+
+
+def _start_or_resume(out: Path, fingerprint: str) -> None:
+    """Keep checkpoints only when they belong to this very training; otherwise start it afresh.
+
+    A training interrupted under the same fingerprint resumes from its last
+    checkpoint; checkpoints left by another config or other records (an
+    earlier run, a copied directory) are deleted rather than resumed from.
+    """
+    import shutil
+
+    from .training.trainer import CHECKPOINT_DIR, TRAIN_LOG
+
+    marker = out / "training-for.txt"
+    if _stamp_is(marker, fingerprint):
+        return
+    if (out / CHECKPOINT_DIR).exists():
+        log.warning("%s: checkpoints are from another training config or data; starting afresh", out)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    (out / TRAIN_LOG).unlink(missing_ok=True)
+    (out / "trained-from.txt").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, fingerprint)
 
 
 def train_method(method: str, lm: LoadedModel, records: Sequence[Record], config: Any, out: Path,

@@ -242,10 +242,13 @@ def run_strategies(
     threshold: float = 0.95,
     window: int = 3,
     tau: float = 0.8,
-) -> dict[str, dict[str, float]]:
+    per_question: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Accuracy and mean samples used of each strategy at ``budget``.
 
-    Returns ``{strategy: {"accuracy": ..., "mean_samples": ...}}``. By default
+    Returns ``{strategy: {"accuracy": ..., "mean_samples": ...}}``, plus
+    ``"correct"`` (one value per question, for paired comparisons) when
+    ``per_question``. By default
     every strategy runs; the confidence-aware ones (``grace_sc``,
     ``grace_es``) are skipped, with a log line, when the records carry no
     per-sample ``confidence``; naming them explicitly makes that an error.
@@ -272,6 +275,8 @@ def run_strategies(
             "accuracy": float(np.mean([c.correct for c in choices])),
             "mean_samples": float(np.mean([c.samples_used for c in choices])),
         }
+        if per_question:
+            results[name]["correct"] = [float(c.correct) for c in choices]
     return results
 
 

@@ -148,11 +148,24 @@ def _evaluate(config: RunConfig, records: Sequence[Record], scored: dict[str, Me
 
 
 def _provenance(config: RunConfig, artifacts: dict[str, Path]) -> dict[str, str]:
-    """What each method's scores depend on besides the records: the model, or the artifact's stamp."""
+    """What each method's scores depend on besides the records: the model, or the artifact itself."""
     out = {m.split("+", 1)[0]: config.model for m in config.methods}
     for name, path in artifacts.items():
-        out[name] = (path / "trained-from.txt").read_text(encoding="utf-8").strip()
+        out[name] = artifact_identity(path)
     return out
+
+
+def artifact_identity(path: Path) -> str:
+    """A digest of a trained artifact's weights and metadata: scores cached for it are valid while it holds."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for name in ("certa.json", "adapter_model.safetensors", "trained-from.txt"):
+        file = path / name
+        if file.exists():
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 # ── cross-domain ──────────────────────────────────────────────────────────────────────────────
@@ -220,7 +233,7 @@ def run_scaling(config: RunConfig, data: DatasetRecords, artifacts: dict[str, Pa
         raise CertaError(f"scaling reads {settings.confidence!r} confidences, but no such artifact was trained")
     root = out / "scaling"
     generations = root / "generations.jsonl"
-    stamp = {"artifact": (artifact / "trained-from.txt").read_text(encoding="utf-8").strip(), "seed": config.seed,
+    stamp = {"artifact": artifact_identity(artifact), "seed": config.seed,
              "max_new_tokens": config.generation.max_new_tokens,
              **settings.model_dump(include={"test_limit", "budget", "temperature"})}
     refresh_stamp(root / "generation-settings.json", stamp, [generations])
@@ -238,6 +251,7 @@ def run_scaling(config: RunConfig, data: DatasetRecords, artifacts: dict[str, Pa
     sweep = [{"tau": tau, **run_strategies(records, settings.budget, strategies=["grace_es"],
                                            confidence=settings.confidence, tau=tau)["grace_es"]}
              for tau in settings.tau_sweep]
+    at_budget = run_strategies(records, settings.budget, per_question=True, **options)
     plot_curves = {**curves, f"grace_es (τ sweep at B={settings.budget})":
                    [{"budget": settings.budget, **{k: p[k] for k in ("accuracy", "mean_samples")}} for p in sweep]}
     plot_scaling(plot_curves, root / "scaling.png")
@@ -246,6 +260,7 @@ def run_scaling(config: RunConfig, data: DatasetRecords, artifacts: dict[str, Pa
         **settings.model_dump(), "dataset": data.name, "questions": len(records),
         "greedy_accuracy": float(np.mean([r.correct for r in records])),
         "curves": curves, "tau_sweep": sweep,
+        "correct_at_budget": {name: r["correct"] for name, r in at_budget.items()},
         "realtime_confidence_seconds": seconds.get("confidence", 0.0),
         "answer_seconds": seconds.get("answer", 0.0), "sample_seconds": seconds.get("samples", 0.0),
         "plot": str(root / "scaling.png"),

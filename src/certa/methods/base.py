@@ -108,8 +108,8 @@ _REGISTRY: dict[str, type[ConfidenceMethod]] = {}
 
 # Modules imported on first registry lookup, so ``@register`` in them runs.
 _BUILTIN_MODULES = (
-    "likelihood", "entropy", "verbalized", "ptrue", "consistency", "probe", "apricot", "calibration",
-    "grace", "conftuner",
+    "base_rate", "likelihood", "entropy", "verbalized", "ptrue", "consistency", "probe", "apricot",
+    "calibration", "grace", "conftuner",
 )
 
 

@@ -459,21 +459,21 @@ class GraceObjective:
         target = batch["target"]
         if self.readout == "free":
             conf = free_readout(lm.model, batch["hidden"], cnf_id)
-            return grace_calibration_loss(conf, target), {"conf_mean": conf.mean().item()}
+            return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
         if self.mode == "full":
             mask = batch["attention_mask"]
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask))
             conf = out.logits[:, -1].float().softmax(-1)[:, cnf_id]
-            mse = grace_calibration_loss(conf, target)
+            calibration = grace_calibration_loss(conf, target, config.calibration_loss)
             lm_loss = response_lm_loss(out.logits, batch["labels"])
-            return mse + config.lm_loss_weight * lm_loss, {"mse": mse.item(), "lm_loss": lm_loss.item(),
-                                                           "conf_mean": conf.mean().item()}
+            return calibration + config.lm_loss_weight * lm_loss, {
+                "calibration": calibration.item(), "lm_loss": lm_loss.item(), "conf_mean": conf.mean().item()}
         mask = batch["attention_mask"]
         with torch.no_grad(), adapter_state(lm.model, False):
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
                            position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
         conf = readout_step(lm.model, out.past_key_values, mask, batch["last_tokens"], cnf_id)
-        return grace_calibration_loss(conf, target), {"conf_mean": conf.mean().item()}
+        return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
 
     def artifact_info(self) -> dict[str, Any]:
         return {"token": CNF_TOKEN, "token_id": self.cnf_id, "mode": self.mode, "readout": self.readout,

@@ -12,12 +12,21 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
-def grace_calibration_loss(conf: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """GrACE's calibration loss: mean squared error between confidences and targets.
+def grace_calibration_loss(conf: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """GrACE's calibration loss between confidences and (soft) targets, both in [0, 1], one per example.
 
-    ``conf`` and ``target`` have the same shape (one value per example), values in [0, 1].
+    ``"mse"`` is the paper's mean squared error. With c a softmax probability
+    its gradient on the <CNF> logit is 2(c - t)·c(1 - c), which vanishes when
+    c is near 0 or 1 whatever the target. ``"bce"`` is the binary
+    cross-entropy with the soft target, whose gradient on that logit is
+    c - t: also a proper scoring rule, without the vanishing gradient.
     """
-    return F.mse_loss(conf, target.to(conf.dtype))
+    target = target.to(conf.dtype)
+    if kind == "mse":
+        return F.mse_loss(conf, target)
+    if kind == "bce":
+        return F.binary_cross_entropy(conf.float(), target.float())
+    raise ValueError(f"unknown GrACE calibration loss {kind!r}; use 'mse' or 'bce'")
 
 
 def tokenized_brier(probs: torch.Tensor, correct: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

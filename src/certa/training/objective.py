@@ -45,6 +45,11 @@ class TrainConfig(BaseModel):
         "full: adapter over the whole sequence plus LM loss (paper-faithful)",
     )
     lm_loss_weight: float = Field(1.0, ge=0, description="λ for the LM loss; used in full mode only")
+    calibration_loss: Literal["mse", "bce"] = Field(
+        "mse",
+        description="GrACE's loss between c and its target: mse (the paper) or bce (cross-entropy with the "
+        "soft target, whose gradient on the <CNF> logit is c - t and does not vanish as c nears 0 or 1)",
+    )
     max_steps: int | None = Field(None, ge=1)
     save_every: int = Field(50, ge=1, description="checkpoint every N optimiser steps")
     max_length: int = Field(512, ge=16)

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
 TRAIN_LOG = "train_log.jsonl"
 KEEP_CHECKPOINTS = 2
+#: Settings that may change between a checkpoint and its resume without changing the training.
+_RESUMABLE_CHANGES = frozenset({"save_every"})
 _ADAPTER_SUBDIR = "adapter"
 
 
@@ -71,7 +73,7 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
     lm.model, optimizer, loader, scheduler = accelerator.prepare(lm.model, optimizer, loader, scheduler)
     _register_adapter_hooks(accelerator)
 
-    start_step = _resume(accelerator, out) if resume else 0
+    start_step = _resume(accelerator, out, config) if resume else 0
     _run_loop(objective, lm, config, accelerator, optimizer, loader, scheduler, out,
               start_step=start_step, total_steps=total_steps, progress=progress)
 
@@ -235,7 +237,7 @@ def _run_loop(objective: Objective, lm: LoadedModel, config: TrainConfig, accele
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % config.save_every == 0 or step == total_steps:
-                save_checkpoint(accelerator, out, step)
+                save_checkpoint(accelerator, out, step, config)
             if step >= total_steps:
                 break
     bar.close()
@@ -264,7 +266,7 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, config: TrainConfig) -> Path:
     """Write ``out/checkpoints/step-N`` atomically (temp dir, then rename) and keep the last two."""
     root = out / CHECKPOINT_DIR
     final = root / f"step-{step}"
@@ -275,7 +277,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step}), encoding="utf-8")
+        state = {"step": step, "config": json.loads(config.model_dump_json())}
+        (tmp / "step.json").write_text(json.dumps(state), encoding="utf-8")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:
@@ -284,15 +287,28 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int) -> Path:
     return final
 
 
-def _resume(accelerator: Accelerator, out: Path) -> int:
-    """Load the newest checkpoint; return its step (0 when there is none)."""
+def _resume(accelerator: Accelerator, out: Path, config: TrainConfig) -> int:
+    """Load the newest checkpoint; return its step (0 when there is none).
+
+    A checkpoint written under another training config is refused with an
+    error naming the first setting that differs: resuming it would silently
+    continue a different training.
+    """
     found = checkpoint_dirs(out)
     if not found:
         log.info("no checkpoint in %s; starting from scratch", out / CHECKPOINT_DIR)
         return 0
     latest = found[-1]
+    info = json.loads((latest / "step.json").read_text(encoding="utf-8"))
+    saved, current = info.get("config"), json.loads(config.model_dump_json())
+    changed = sorted(k for k in set(saved or {}) | set(current)
+                     if k not in _RESUMABLE_CHANGES and (saved or current).get(k) != current.get(k))
+    if saved is not None and changed:
+        key = changed[0]
+        raise InputError(f"{latest}: checkpoint was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}; "
+                         f"delete {out / CHECKPOINT_DIR} or train into a new directory")
     accelerator.load_state(str(latest))
-    step = int(json.loads((latest / "step.json").read_text(encoding="utf-8"))["step"])
+    step = int(info["step"])
     if accelerator.is_main_process:
         _truncate_log(out / TRAIN_LOG, step)
     log.info("resumed from %s", latest)
