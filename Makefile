@@ -27,7 +27,7 @@ demo: $(STAMP)
 demo-full: $(STAMP)
 	$(VENV)/bin/certa demo --out $(DEMO_OUT)-full
 
-# Regenerates docs/RESULTS.md and docs/results/*.png (about an hour on 2 CPU cores; stages are cached in runs/results).
+# Regenerates docs/RESULTS.md and docs/results/*.png (about 75 minutes on 2 CPU cores; stages are cached in runs/results).
 results: $(STAMP)
 	$(VENV)/bin/certa run configs/results.yaml
 
