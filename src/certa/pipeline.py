@@ -214,8 +214,6 @@ def write_scores(path: Path, records: Sequence[Record], scores: dict[str, Method
 
 def read_scores(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Read a scores.jsonl (``certa score`` output) into (correct, {method: confidences})."""
-    from .records import iter_jsonl
-
     correct: list[float] = []
     columns: dict[str, list[float]] = {}
     for lineno, row in iter_jsonl(path):
