@@ -36,7 +36,7 @@ from certa.generation import generate
 from certa.methods.grace import GraceHook, add_cnf_token
 from certa.models import LoadedModel, load_model
 from certa.records import Example, Generation
-from certa.training.objective import TrainConfig
+from certa.training.config import TrainConfig
 from certa.training.trainer import attach_adapter
 
 PHASES = ("plain", "wrapped", "grace-step", "grace-free", "consistency-5")

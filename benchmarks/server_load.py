@@ -58,10 +58,11 @@ def run_server(args: argparse.Namespace) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from certa.server import serve
+    from certa.serving.server import serve
+    from certa.serving.settings import ServerSettings
 
-    serve(args.model, host=HOST, port=args.serve_on, model_name="bench", max_batch=args.max_batch,
-          max_queue=2 * args.clients, log_level="warning")
+    serve(args.model, host=HOST, port=args.serve_on, model_name="bench",
+          settings=ServerSettings(max_batch=args.max_batch, max_queue=2 * args.clients), log_level="warning")
 
 
 async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen, timeout: float) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import certa.models as models
+import certa.models.sources as models
 from certa.errors import MissingDependencyError, ModelLoadError
 from certa.generation import DecodeState, generate
 from certa.models import LoadedModel, answer_stop_strings, load_model

@@ -13,14 +13,14 @@ from sklearn.metrics import roc_auc_score
 from certa.errors import CertaError, MissingDependencyError
 from certa.methods import ConfidenceMethod, get_method, method_names
 from certa.methods.calibration import Isotonic, Platt, Temperature
-from certa.methods.ptrue import p_true_prompt
-from certa.records import Record
-from certa.scoring import (
+from certa.methods.embeddings import minilm_available
+from certa.methods.prompting.ptrue import p_true_prompt
+from certa.methods.readouts import (
     continuation_token_ids,
-    minilm_available,
     restricted_log_softmax,
     restricted_next_token_probs,
 )
+from certa.records import Record
 
 BASELINES = ["base_rate", "sequence_likelihood", "token_entropy", "verbalized", "p_true", "consistency", "linear_probe",
              "apricot", "platt", "temperature", "isotonic"]
@@ -157,7 +157,7 @@ def test_semantic_consistency_adds_close_short_answers(monkeypatch):
     # A stand-in embedder: every text maps to a unit vector chosen by hand.
     vectors = {"big apple": [1.0, 0.0], "new york city": [0.8, 0.6], "boston": [0.0, 1.0], "7": [1.0, 0.0],
                "8": [1.0, 0.0]}
-    monkeypatch.setattr("certa.methods.consistency.embed_texts",
+    monkeypatch.setattr("certa.methods.sampling.consistency.embed_texts",
                         lambda texts: np.array([vectors[t] for t in texts]))
     records = [
         record("s", response="Big Apple", samples=["New York City", "Boston", "big apple"]),

@@ -1,7 +1,7 @@
 import pytest
 
-from certa.config import RunConfig
 from certa.errors import InputError
+from certa.study.config import RunConfig
 
 
 def test_yaml_config_validates_and_accepts_dataset_shorthand(tmp_path):
@@ -11,7 +11,10 @@ def test_yaml_config_validates_and_accepts_dataset_shorthand(tmp_path):
     config = RunConfig.from_yaml(path)
     assert [d.name for d in config.datasets] == ["arithmetic", "triviaqa"]
     assert config.datasets[1].test_limit == 50
-    assert config.training.grace.epochs == 1 and config.training.conftuner is None
+    grace = config.train_config("grace")
+    assert type(grace).__name__ == "GraceConfig" and grace.epochs == 1 and grace.lr == 0.001
+    assert grace.token_lr == type(grace)().token_lr  # unset fields keep the method's own defaults
+    assert config.train_config("conftuner").epochs == type(config.train_config("conftuner"))().epochs
 
 
 @pytest.mark.parametrize(
@@ -20,7 +23,11 @@ def test_yaml_config_validates_and_accepts_dataset_shorthand(tmp_path):
         ("modle: default\n", "unknown key 'modle'"),
         ("generation: {batchsize: 4}\n", "unknown key 'generation.batchsize'"),
         ("generation: {max_new_tokens: 0}\n", "field 'generation.max_new_tokens'"),
-        ("training: {grace: {lora_r: many}}\n", "field 'training.grace.lora_r'"),
+        ("training: {grace: {lora_r: many}}\n", "training.grace: field 'lora_r'"),
+        ("training: {grace: {readout: soon}}\n", "training.grace: field 'readout'"),
+        ("training: {conftuner: {token_lr: 0.1}}\n", "training.conftuner: unknown key 'token_lr'"),
+        ("training: {platt: {epochs: 1}}\n", "'platt' is not a trained method"),
+        ("training: {graec: {epochs: 1}}\n", "unknown method 'graec'. Did you mean 'grace'"),
         ("model: [unclosed\n", "malformed YAML"),
         ("- a list\n", "expected a mapping"),
         ("datasets: [arithmetic]\ncross_domain: {datasets: [arithmetic, capitals]}\n",

@@ -13,8 +13,9 @@ from rich.console import Console
 
 from certa import metrics
 from certa.errors import InputError, UnknownNameError
-from certa.evaluation import METRICS, EvaluationResult, evaluate, package_versions
+from certa.evaluation import METRICS, EvaluationResult, evaluate
 from certa.records import Record
+from certa.versions import package_versions
 
 N = 120
 
@@ -159,6 +160,6 @@ def test_bad_inputs_name_the_method(graded, tmp_path):
 
 def test_package_versions_come_from_metadata():
     versions = package_versions()
-    assert set(versions) == {"python", "certa", "torch", "transformers", "peft", "numpy", "sklearn"}
+    assert set(versions) == {"python", "certa", "torch", "transformers", "peft", "accelerate", "numpy", "sklearn"}
     assert versions["numpy"] == np.__version__
     assert re.fullmatch(r"\d+\.\d+\.\d+", versions["python"])

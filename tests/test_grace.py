@@ -1,4 +1,4 @@
-"""GrACE end to end on a tiny model: training, artifact, read-outs, hook, streaming."""
+"""GrACE end to end on a tiny model: training, artifact, read-outs, the generation hook."""
 
 from __future__ import annotations
 
@@ -10,22 +10,15 @@ import torch
 
 from certa.errors import CertaError, InputError
 from certa.methods import get_method
-from certa.methods.grace import (
-    CNF_TOKEN,
-    GraceHook,
-    GraceObjective,
-    offline_confidence,
-    stream_with_confidence,
-    train_grace,
-)
+from certa.methods.grace import CNF_TOKEN, GraceConfig, GraceHook, offline_confidence, train_grace
+from certa.methods.grace.objective import GraceObjective
 from certa.records import Example, Record
-from certa.training.objective import TrainConfig
 
 QUESTIONS = ["What is the capital of France?", "What is 3 + 4?", "who wrote Hamlet?", "Answer: 42",
              "abc xyz?", "Is it True or False?", "Paris 0123", "system user", "What is 7 + 1?",
              "Who wrote Confidence?", "ABC DEF", "What is the answer?"]
 MAX_NEW = 10
-CONFIG = TrainConfig(epochs=1, batch_size=4, lr=1e-2, token_lr=5e-2, save_every=100, seed=1)
+CONFIG = GraceConfig(epochs=1, batch_size=4, lr=1e-2, token_lr=5e-2, save_every=100, seed=1)
 
 
 def _load(path):
@@ -37,8 +30,8 @@ def _load(path):
 def _generate(lm, examples, **kwargs):
     from certa.generation import generate
 
-    with lm.adapter_disabled():  # suffix mode: answers come from the base model
-        return generate(lm, examples, max_new_tokens=MAX_NEW, progress=False, **kwargs)
+    # No adapter switching here: generate() itself answers with the base model (LoadedModel.answering).
+    return generate(lm, examples, max_new_tokens=MAX_NEW, progress=False, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +77,7 @@ def train_records(lively_dir):
 def trained(lively_dir, train_records, tmp_path_factory):
     """(the in-process model right after training, the artifact path)."""
     lm = _load(lively_dir)
-    out = train_grace(lm, train_records, CONFIG, tmp_path_factory.mktemp("grace"), progress=False)
+    out = train_grace(lm, train_records, CONFIG, tmp_path_factory.mktemp("grace"), in_place=True, progress=False)
     return lm, out
 
 
@@ -93,30 +86,37 @@ def artifact(trained):
     return _load(trained[1])
 
 
-def test_initial_cnf_row_starts_near_the_base_rate(lively_dir, train_records):
+def _initial_row(lively_dir, records, config):
+    """The <CNF> row after the objective placed it, before any optimiser step (and the model it sits in)."""
     lm = _load(lively_dir)
-    objective = GraceObjective(targets="binary")
-    objective.prepare(lm, CONFIG)
-    objective.build_items(lm, train_records, CONFIG)
+    objective = GraceObjective(config)
+    objective.prepare(lm, config)
+    objective.build_items(lm, records, config)
+    cnf = lm.tokenizer.convert_tokens_to_ids(CNF_TOKEN)
+    return lm.model.get_input_embeddings().weight[cnf].detach().clone(), lm, objective
+
+
+def test_initial_cnf_row_starts_near_the_base_rate(lively_dir, train_records):
+    config = CONFIG.model_copy(update={"targets": "binary"})
+    _, lm, objective = _initial_row(lively_dir, train_records, config)
     conf = offline_confidence(lm, train_records)
     base_rate = np.mean([r.correct for r in train_records])
     assert objective.init_rate == pytest.approx(base_rate)
     assert conf.mean() == pytest.approx(base_rate, abs=0.02)  # not ~1e-8: the MSE gradient is alive
 
 
-def test_training_moves_only_the_cnf_row(lively_dir, artifact):
+def test_training_moves_only_the_cnf_row(lively_dir, artifact, train_records):
     base = _load(lively_dir)
     cnf = artifact.tokenizer.convert_tokens_to_ids(CNF_TOKEN)
     assert cnf == len(base.tokenizer)  # appended at the end of the vocabulary
-    with torch.no_grad():
+    with torch.no_grad(), artifact.adapter_enabled():
         trained_rows = artifact.model.get_input_embeddings()(torch.arange(cnf + 1))
-        trained_head = artifact.model.get_output_embeddings()
-        head_row = trained_head(torch.eye(trained_rows.shape[1]))[:, cnf]
-        with artifact.adapter_disabled():
-            initial_row = artifact.model.get_input_embeddings()(torch.tensor([cnf]))[0]
+        head_row = artifact.model.get_output_embeddings()(torch.eye(trained_rows.shape[1]))[:, cnf]
     original = base.model.get_input_embeddings().weight
     assert torch.equal(trained_rows[:cnf], original)
-    assert not torch.equal(trained_rows[cnf], initial_row)
+    # Compared with the row as placed before the first step (not the mean row): training moved it.
+    placed, _, _ = _initial_row(lively_dir, train_records, CONFIG)
+    assert (trained_rows[cnf] - placed).norm() > 1e-4
     torch.testing.assert_close(head_row, trained_rows[cnf])  # tied: one row for embedding and head
 
 
@@ -147,27 +147,19 @@ def test_suffix_mode_leaves_greedy_answers_unchanged(lively_dir, artifact, train
     assert [g.response for g in again] == [r.response for r in train_records]
 
 
-def test_stream_yields_the_base_answer_then_the_offline_confidence(artifact, train_records):
-    record = train_records[1]
-    pieces = list(stream_with_confidence(artifact, record.prompt, max_new_tokens=MAX_NEW))
-    *text, conf = pieces
-    assert all(isinstance(piece, str) for piece in text) and len(text) > 1
-    assert "".join(text).strip() == record.response
-    assert conf == pytest.approx(offline_confidence(artifact, [record])[0], abs=1e-5)
-
-
 def test_free_readout_trains_the_row_only_and_reads_generation_state(lively_dir, train_records, tmp_path):
     lm = _load(lively_dir)
-    out = train_grace(lm, train_records, CONFIG, tmp_path / "free", readout="free", progress=False)
+    config = CONFIG.model_copy(update={"readout": "free"})
+    config = GraceConfig.model_validate(config.model_dump())
+    out = train_grace(lm, train_records, config, tmp_path / "free", progress=False)
     free = _load(out)
     assert free.artifact["method_info"]["readout"] == "free"
     assert not any("lora" in name for name, _ in free.model.named_parameters())
     head = free.model.get_output_embeddings()
-    with torch.no_grad():
+    with torch.no_grad(), free.adapter_enabled():
         trained_row = head(torch.eye(head.weight.shape[1]))[:, -1]
-        with free.adapter_disabled():
-            initial_row = head(torch.eye(head.weight.shape[1]))[:, -1]
-    assert not torch.equal(trained_row, initial_row)  # the LM head sees the trained <CNF> row
+    placed, _, _ = _initial_row(lively_dir, train_records, config)
+    assert (trained_row - placed).norm() > 1e-4  # training moved the row the LM head reads
     gens = _generate(free, _examples(), hooks=[GraceHook()], hidden_states=True)
     hooked = np.array([g.confidence["grace"] for g in gens])
     records = [Record.from_generation(g, e, 0.0) for g, e in zip(gens, _examples(), strict=True)]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import certa.models as models
+import certa.models.sources as models
 from certa.errors import InputError, MissingDependencyError, ModelLoadError
 from certa.models import LoadedModel, end_token_ids, load_model, resolve_device
 from certa.prompts import SYSTEM_PROMPT
@@ -123,7 +123,7 @@ def test_missing_default_package_says_how_to_install(monkeypatch):
 def test_artifact_directory_is_delegated(tmp_path, monkeypatch):
     (tmp_path / "certa.json").write_text(json.dumps({"method": "grace", "base_model": "default"}))
     calls = []
-    monkeypatch.setattr("certa.training.artifact.load_artifact",
+    monkeypatch.setattr("certa.models.loading.load_artifact",
                         lambda path, device=None, dtype=None: calls.append((path, device, dtype)) or "loaded")
     assert load_model(tmp_path, device="cpu", dtype="float32") == "loaded"
     assert calls == [(tmp_path, "cpu", "float32")]

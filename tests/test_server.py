@@ -21,9 +21,9 @@ import openai
 import pytest
 import uvicorn
 
-from certa.server import ChoiceResult, EngineRequest, EngineResult, create_app
+from certa.serving.app import create_app
 from certa.serving.batcher import MicroBatcher, QueueFullError, ShuttingDownError
-from certa.serving.engine import cut_at_stop, token_pieces
+from certa.serving.engine import ChoiceResult, EngineRequest, EngineResult, cut_at_stop, token_pieces
 
 TIMEOUT = 20.0  # seconds; every wait in this file is bounded by it
 
@@ -318,7 +318,7 @@ def test_batcher_refuses_beyond_max_queue_and_reports_failures():
 def tiny_engine(tiny_model_dir):
     pytest.importorskip("certa.generation")
     from certa.models import load_model
-    from certa.server import ConfidenceEngine
+    from certa.serving.engine import ConfidenceEngine
 
     lm = load_model(str(tiny_model_dir), device="cpu")
     return ConfidenceEngine(lm, "sequence_likelihood", model_name="tiny")

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from certa import pipeline
-from certa.config import RunConfig
 from certa.data.grading import register_grader
-from certa.study import run_study
+from certa.study import cache, run_study, stages, training
+from certa.study.config import RunConfig
 
 METHODS = ["sequence_likelihood", "consistency", "linear_probe", "apricot", "grace", "conftuner"]
 
@@ -50,7 +49,7 @@ def study_config(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def study(study_config):
-    return run_study(study_config, progress=False)
+    return run_study(study_config)
 
 
 def test_study_evaluates_every_method_pooled_and_per_dataset(study, study_config):
@@ -75,7 +74,7 @@ def test_scaling_reads_grace_confidence_of_every_sample(study):
     s = study.scaling
     assert set(s["curves"]) == {"sc", "adaptive_sc", "early_stop_sc", "grace_sc", "grace_es"}
     assert [p["budget"] for p in s["curves"]["sc"]] == [1, 2, 3]
-    records = pipeline.load_records(study.out / "scaling" / "records.jsonl")
+    records = stages.load_records(study.out / "scaling" / "test.records.jsonl")
     assert all(len(r.sample_confidence["grace"]) == 3 for r in records)
     for point in s["tau_sweep"]:
         assert 1 <= point["mean_samples"] <= 3
@@ -103,31 +102,31 @@ def test_write_up_has_every_section_and_figure(study, study_config):
 
 def test_a_rerun_reuses_every_stage_and_redoes_only_what_changed(study, study_config, monkeypatch):
     calls: list[list[str]] = []
-    real = pipeline.score_stage
+    real = cache.score_methods
 
     def counting(methods, *args, **kwargs):
         calls.append(list(methods))
         return real(methods, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "score_stage", counting)
-    monkeypatch.setattr(pipeline, "train_method", lambda *a, **k: pytest.fail("retrained a cached artifact"))
-    again = run_study(study_config, progress=False)
+    monkeypatch.setattr(cache, "score_methods", counting)
+    monkeypatch.setattr(training, "load_base_model", lambda *a, **k: pytest.fail("retrained a cached artifact"))
+    again = run_study(study_config)
     assert calls == []
     assert again.evaluation.methods["grace"]["ece"].value == study.evaluation.methods["grace"]["ece"].value
 
     more = study_config.model_copy(update={"methods": [*METHODS, "token_entropy"]})
-    run_study(more, progress=False)
+    run_study(more)
     assert calls and all(c == ["token_entropy"] for c in calls)
 
 
 def test_refresh_stamp_redoes_outputs_only_when_settings_change(tmp_path):
     out, partial, stamp = tmp_path / "g.jsonl", tmp_path / "g.jsonl.partial", tmp_path / "settings.json"
     out.write_text("{}\n")
-    pipeline.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
-    pipeline.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
+    stages.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
+    stages.refresh_stamp(stamp, {"max_new_tokens": 8}, [out])
     assert out.exists()
     partial.write_text("{}\n")
-    pipeline.refresh_stamp(stamp, {"max_new_tokens": 16}, [out])
+    stages.refresh_stamp(stamp, {"max_new_tokens": 16}, [out])
     assert not out.exists() and not partial.exists()
 
 
@@ -140,16 +139,15 @@ def test_run_time_section_adds_up_the_stages(study):
 
 def test_changed_training_config_trains_afresh_instead_of_resuming(study, study_config, monkeypatch):
     calls: list[list[str]] = []
-    real = pipeline.score_stage
-    monkeypatch.setattr(pipeline, "score_stage", lambda methods, *a, **k: calls.append(list(methods)) or
+    real = cache.score_methods
+    monkeypatch.setattr(cache, "score_methods", lambda methods, *a, **k: calls.append(list(methods)) or
                         real(methods, *a, **k))
     grace = study.out / "artifacts" / "grace"
     before = (grace / "trained-from.txt").read_text()
-    training = study_config.training.model_copy(
-        update={"grace": study_config.training.grace.model_copy(update={"calibration_loss": "bce"})})
-    changed = study_config.model_copy(update={"training": training, "cross_domain": None, "scaling": None,
+    settings = {**study_config.training, "grace": {**study_config.training["grace"], "calibration_loss": "bce"}}
+    changed = study_config.model_copy(update={"training": settings, "cross_domain": None, "scaling": None,
                                               "publish": None})
-    run_study(changed, progress=False)
+    run_study(changed)
     log = [json.loads(line) for line in (grace / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]  # trained from step 1, not resumed from the old run's end
     assert (grace / "trained-from.txt").read_text() != before

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from certa.models.artifact import read_artifact_info
 from certa.records import Record
-from certa.training.artifact import read_artifact_info
-from certa.training.objective import TrainConfig
+from certa.training.config import TrainConfig
 from certa.training.trainer import build_optimizer, checkpoint_dirs, train
 
 TOKEN = "<YES>"
@@ -86,7 +86,16 @@ def fresh_lm(tiny_model_dir):
     return load
 
 
-CONFIG = TrainConfig(epochs=2, batch_size=4, save_every=2, lr=1e-2, token_lr=5e-2, lora_dropout=0.1, seed=7)
+class ToyConfig(TrainConfig):
+    """A method's config adds its own fields, as GraceConfig adds the <CNF> row's learning rate."""
+
+    token_lr: float = 5e-2
+
+    def token_learning_rate(self) -> float:
+        return self.token_lr
+
+
+CONFIG = ToyConfig(epochs=2, batch_size=4, save_every=2, lr=1e-2, lora_dropout=0.1, seed=7)
 
 
 def _adapter(path) -> dict[str, torch.Tensor]:
@@ -157,6 +166,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(fresh_lm, tmp_path):
     lm = fresh_lm()
     with pytest.raises(InputError, match=r"step-4: checkpoint was trained with lr="):
         train(ToyObjective(), lm, make_records(lm), other, tmp_path / "run", resume=True, progress=False)
+
 
 def test_optimizer_has_separate_token_learning_rate(fresh_lm):
     from certa.training.trainer import attach_adapter

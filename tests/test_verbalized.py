@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from certa.errors import CertaError, InputError
 from certa.methods import get_method
-from certa.methods.verbalized import (
+from certa.methods.prompting.verbalized import (
     ConfidenceTokens,
     confidence_instruction,
     confidence_tokens,

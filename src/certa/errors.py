@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class CertaError(Exception):
@@ -35,3 +39,13 @@ class MissingDependencyError(CertaError):
 
 class ModelLoadError(CertaError):
     """A model could not be found or loaded."""
+
+
+def validation_error(exc: ValidationError, where: str) -> InputError:
+    """A pydantic validation error as one ``InputError`` line naming the first bad field."""
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return InputError(f"{where}: unknown key {field!r}")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return InputError(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InputError
+from .methods.base import method_class
 from .models import answer_stop_strings, end_token_ids
+from .models.tensors import cache_length, crop_cache, left_pad
 from .prompts import question_prompt
 from .records import Example, Generation, JsonlAppender, read_jsonl
 
@@ -33,6 +36,19 @@ if TYPE_CHECKING:
     import os
 
     from .models import LoadedModel
+
+class GenerationSettings(BaseModel):
+    """How answers are decoded; every default of the library, the CLI and run configs is stated here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="answer length limit in tokens")
+    batch_size: int = Field(16, ge=1, description="questions decoded together")
+    temperature: float = Field(1.0, gt=0, description="temperature of sampled answers (the answer is greedy)")
+
+
+#: The defaults, as values (the signatures below read them from here).
+DEFAULTS = GenerationSettings()
 
 RAW_PROMPT_KEY = "raw_prompt"
 """``Example.meta`` key holding a fully rendered prompt to use verbatim (the server's raw chats)."""
@@ -107,10 +123,10 @@ def generate(
     lm: LoadedModel,
     examples: Iterable[Example],
     *,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
+    max_new_tokens: int = DEFAULTS.max_new_tokens,
+    batch_size: int = DEFAULTS.batch_size,
     samples: int = 0,
-    temperature: float = 1.0,
+    temperature: float = DEFAULTS.temperature,
     hidden_states: bool = False,
     hooks: Sequence[GenerationHook] | None = None,
     seed: int = 0,
@@ -128,8 +144,9 @@ def generate(
         temperature: sampling temperature of the extra answers (the main answer is always greedy).
         hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
         hooks: objects with ``name`` and ``on_batch_end(lm, state) -> list[float]``; their values go to
-            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples). ``None``
-            means the model's own (a GrACE artifact reads its confidence while decoding).
+            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples), and
+            ``meta["confidence_source"][name]`` names the artifact that read them. ``None`` means the
+            hooks of the model's own method (a GrACE artifact reads its confidence while decoding).
         seed: makes sampling reproducible (each batch is seeded from ``seed`` and its ids).
         out: JSONL path; finished batches are appended as they complete and ids already in the
             file are skipped (resume).
@@ -139,7 +156,7 @@ def generate(
         One ``Generation`` per example, in input order (resumed ones read back from ``out``).
     """
     examples = list(examples)
-    hooks = lm.realtime_hooks() if hooks is None else hooks
+    hooks = model_hooks(lm) if hooks is None else hooks
     settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed)
     _check_arguments(examples, settings, batch_size)
     with contextlib.ExitStack() as stack:
@@ -227,7 +244,7 @@ def _prompt_text(lm: LoadedModel, example: Example) -> str:
 
 def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[Generation]:
     clock = _BatchClock()
-    input_ids, attention_mask = _left_pad(lm, [item.prompt_ids for item in batch])
+    input_ids, attention_mask = left_pad([item.prompt_ids for item in batch], lm.tokenizer.pad_token_id, lm.device)
     greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
                      capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True)
     gens = [_to_generation(lm, item, greedy, row, s.hidden_states) for row, item in enumerate(batch)]
@@ -235,6 +252,7 @@ def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[G
     for hook, values in _run_hooks(lm, greedy, s.hooks):
         for gen, value in zip(gens, values, strict=True):
             gen.confidence[hook.name] = value
+            gen.meta.setdefault("confidence_source", {})[hook.name] = lm.artifact_id
     clock.lap("confidence")
     if s.samples:
         _add_samples(lm, gens, input_ids, attention_mask, s)
@@ -282,14 +300,6 @@ def _batch_seed(seed: int, ids: list[str]) -> int:
 # --- one decoding call -----------------------------------------------------------------------
 
 
-def _left_pad(lm: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    pad = lm.tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    return input_ids.to(lm.device), mask.to(lm.device)
-
-
 @torch.no_grad()
 def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
             *, capture_hidden: bool, keep_logits: bool, samples: int = 0, temperature: float = 1.0) -> _Decoded:
@@ -303,6 +313,8 @@ def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tens
         max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=lm.tokenizer.pad_token_id,
         do_sample=samples > 0, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
         output_logits=keep_logits, use_cache=True, stop_strings=stop_strings or None,
+        # Tokens a certa artifact added (GrACE's <CNF>) are read-outs, never part of an answer.
+        suppress_tokens=added_token_ids(lm) or None,
     )
     if samples:
         config.temperature, config.top_k, config.top_p = temperature, 0, 1.0
@@ -397,6 +409,12 @@ def _end_states(steps: list[torch.Tensor], lengths: list[int]) -> torch.Tensor:
 # --- turning a decoded row into records ------------------------------------------------------
 
 
+def added_token_ids(lm: LoadedModel) -> list[int]:
+    """Ids of the tokens that trained artifacts added to the vocabulary (never decoded into answers)."""
+    tokens = {(info.get("method_info") or {}).get("token") for info in lm.adapters.values()}
+    return sorted(int(lm.tokenizer.convert_tokens_to_ids(t)) for t in tokens if t)
+
+
 def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, keep_hidden: bool) -> Generation:
     ids = decoded.response_ids(row)
     logprobs, entropies = _token_stats(decoded.logits, ids, row)
@@ -443,7 +461,7 @@ def _run_hooks(lm: LoadedModel, decoded: _Decoded,
     if not hooks:
         return
     cache = decoded.past_key_values
-    cached = cache.get_seq_length() if hasattr(cache, "get_seq_length") else None
+    cached = cache_length(cache)
     state = DecodeState(
         sequences=decoded.sequences, prompt_length=decoded.prompt_length,
         attention_mask=decoded.attention_mask, response_lengths=decoded.response_lengths,
@@ -454,14 +472,12 @@ def _run_hooks(lm: LoadedModel, decoded: _Decoded,
         values = [float(v) for v in hook.on_batch_end(lm, state)]
         if len(values) != rows:
             raise RuntimeError(f"hook {hook.name!r} returned {len(values)} values for {rows} rows")
-        _restore_length(cache, cached)
+        crop_cache(cache, cached)  # the next hook sees the cache generate left
         yield hook, values
 
 
-def _restore_length(cache: Any, length: int | None) -> None:
-    """Drop positions a hook appended, so the next hook sees the cache generate left."""
-    if length is None or not hasattr(cache, "crop"):
-        return
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)  # a negative count removes that many positions (old and new transformers)
+def model_hooks(lm: LoadedModel) -> list[GenerationHook]:
+    """The hooks that read the model's own confidence while decoding (a GrACE artifact's), else none."""
+    if lm.method is None:
+        return []
+    return method_class(lm.method)(model=lm).generation_hooks()

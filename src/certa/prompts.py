@@ -14,6 +14,7 @@ question, and their answers end at :data:`ANSWER_STOP`.
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 
 from .records import AnswerType, Example
 
@@ -76,16 +77,19 @@ def question_prompt(example: Example) -> str:
     return f"{question}\n{instruction}"
 
 
-def few_shot_prompt(user: str, system: str | None = None) -> str:
+def few_shot_prompt(user: str, system: str | None = None,
+                    history: Sequence[tuple[str, str]] = ()) -> str:
     """A plain-text prompt for a model without a chat template.
 
     When ``user`` is one of certa's question prompts (it ends with an answer-type instruction),
     three worked examples of that answer type come first, each answering on a single line, so a
     base model continues the pattern with a one-line answer. Any other text gets no examples.
+    ``history`` holds earlier (question, answer) exchanges of a dialogue, placed before ``user``.
     """
     answer_type = _answer_type_of(user)
     blocks = [f"Question: {_shot_prompt(question, choices, answer_type)}\nAnswer: {answer}"
               for question, choices, answer in (_SHOTS[answer_type] if answer_type else ())]
+    blocks += [f"Question: {question}\nAnswer: {answer.strip()}".rstrip() for question, answer in history]
     blocks.append(f"Question: {user}\nAnswer:")
     prefix = f"{system}\n\n" if system else ""
     return prefix + "\n\n".join(blocks)

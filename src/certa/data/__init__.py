@@ -7,6 +7,7 @@ bundled dataset (``dataset_names()``), a JSONL file or ``hf:owner/name``;
 """
 
 from .answers import extract_answer
+from .graded import read_graded
 from .grading import Grader, get_grader, grade, grader_names, register_grader, token_f1
 from .judge import LLMJudge
 from .loaders import (
@@ -33,6 +34,7 @@ __all__ = [
     "grader_names",
     "load_dataset",
     "read_examples",
+    "read_graded",
     "register_grader",
     "split_of",
     "take_subset",

@@ -27,9 +27,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import CertaError, InputError, UnknownNameError
+from ..errors import CertaError, InputError
 from ..prompts import choice_letters
 from ..records import Example, Generation, Record
+from ..registry import Registry
 from .answers import canonical_number, extract_choice, extract_number, extract_short
 from .judge import LLMJudge
 from .text import contains_phrase, normalize_text, tokens
@@ -41,7 +42,8 @@ DEFAULT_GRADERS = {"numeric": "numeric", "short": "short", "choice": "choice"}
 NUMERIC_REL_TOL = 1e-6
 NUMERIC_ABS_TOL = 1e-6
 
-_FACTORIES: dict[str, Callable[..., Grader]] = {}
+#: Grader name -> a factory taking the grader's options (none for most) and returning the grader.
+GRADERS: Registry[Callable[..., Grader]] = Registry("grader")
 
 
 def register_grader(name: str, *, factory: bool = False) -> Callable[[Any], Any]:
@@ -51,7 +53,7 @@ def register_grader(name: str, *, factory: bool = False) -> Callable[[Any], Any]
     options and returns a grader (``factory=True``, e.g. a class like ``LLMJudge``).
     """
     def decorate(obj: Any) -> Any:
-        _FACTORIES[name] = obj if factory else _without_options(name, obj)
+        GRADERS.add(name, obj if factory else _without_options(name, obj))
         return obj
     return decorate
 
@@ -66,15 +68,14 @@ def _without_options(name: str, grader: Grader) -> Callable[..., Grader]:
 
 def grader_names() -> list[str]:
     """Names accepted by ``get_grader``."""
-    return sorted(_FACTORIES)
+    return GRADERS.names()
 
 
 def get_grader(name: str, **options: Any) -> Grader:
     """The grader registered as ``name``, built with ``options`` (only ``llm_judge`` takes any)."""
-    if name not in _FACTORIES:
-        raise UnknownNameError("grader", name, _FACTORIES)
+    make = GRADERS.get(name)
     try:
-        return _FACTORIES[name](**options)
+        return make(**options)
     except TypeError as exc:
         raise InputError(f"grader {name!r}: {exc}") from None
 

@@ -1,5 +1,16 @@
-"""Confidence methods: every registered method is available through ``get_method``."""
+"""Confidence methods: one small class per method, registered by name, grouped in family folders."""
 
-from .base import ConfidenceMethod, Needs, get_method, method_class, method_names, register
+from .base import (
+    ConfidenceMethod,
+    MethodSpec,
+    ModelReadoutMethod,
+    Needs,
+    check_scores,
+    get_method,
+    method_class,
+    method_names,
+    register,
+)
 
-__all__ = ["ConfidenceMethod", "Needs", "get_method", "method_class", "method_names", "register"]
+__all__ = ["ConfidenceMethod", "MethodSpec", "ModelReadoutMethod", "Needs", "check_scores", "get_method",
+           "method_class", "method_names", "register"]

@@ -11,25 +11,26 @@ out-of-fold scores and the base is then refitted on all records.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import expit, logit
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
 
 from ..errors import InputError
 from ..records import Record
 from .base import ConfidenceMethod, Needs, check_scores, method_class, register
-from .probe import correctness, fit_soft_logistic, not_fitted
+from .fitting import correctness, fit_soft_logistic, not_fitted
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
 _EPS = 1e-6  # keeps logit finite for scores of exactly 0 or 1
+_LOG_T_BOUND = 5.0
+
+
+class CalibrationWarning(UserWarning):
+    """A calibrator fitted, but to something a user should not trust (e.g. a temperature at its bound)."""
 
 
 class Calibrator(ConfidenceMethod):
@@ -42,6 +43,7 @@ class Calibrator(ConfidenceMethod):
 
     needs = Needs.FIT
     cost = "the base method's cost, plus a 1-D map; fit: on graded calibration records"
+    is_calibrator = True
 
     def __init__(self, model: LoadedModel | None = None, base: str | ConfidenceMethod = "sequence_likelihood",
                  *, base_options: dict[str, Any] | None = None, folds: int = 5):
@@ -52,6 +54,7 @@ class Calibrator(ConfidenceMethod):
             method_class(base)(model=model, **(base_options or {}))
         self.folds = folds
         self.needs = self.base.needs | Needs.FIT  # type: ignore[misc]  # per instance: depends on the base
+        self.fit_needs = self.base.fit_needs | (self.base.needs & ~Needs.FIT)  # type: ignore[misc]
         self.cost = f"{self.base.cost}; plus a fitted 1-D map"  # type: ignore[misc]
 
     def fit(self, records: Sequence[Record]) -> Calibrator:
@@ -77,6 +80,8 @@ class Calibrator(ConfidenceMethod):
         if len(records) < self.folds:
             raise InputError(f"{self.name}: {len(records)} records are too few for {self.folds}-fold cross-fitting")
         scores = np.empty(len(records))
+        from sklearn.model_selection import KFold
+
         for train, held_out in KFold(self.folds, shuffle=True, random_state=0).split(np.arange(len(records))):
             # A fresh base per fold, built with the same options as the one being wrapped.
             fold_base = type(self.base)(model=self.base.model, **self.base.options)
@@ -94,7 +99,12 @@ class Calibrator(ConfidenceMethod):
 
 
 def _logit(scores: np.ndarray) -> np.ndarray:
-    return logit(np.clip(scores, _EPS, 1.0 - _EPS))
+    clipped = np.clip(scores, _EPS, 1.0 - _EPS)
+    return np.log(clipped) - np.log1p(-clipped)
+
+
+def _expit(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow for large |z|
 
 
 @register("platt")
@@ -103,6 +113,8 @@ class Platt(Calibrator):
 
     def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
         # Nearly unregularised: two parameters cannot overfit, and a penalty would pull a toward 0.
+        from sklearn.linear_model import LogisticRegression
+
         self._model = fit_soft_logistic(_logit(scores)[:, None], targets, LogisticRegression(C=1e4),
                                         who=self.name)
 
@@ -121,14 +133,28 @@ class Temperature(Calibrator):
         z = _logit(scores)
 
         def log_loss(log_t: float) -> float:
-            p = np.clip(expit(z / np.exp(log_t)), _EPS, 1.0 - _EPS)
+            p = np.clip(_expit(z / np.exp(log_t)), _EPS, 1.0 - _EPS)
             return float(-np.mean(targets * np.log(p) + (1.0 - targets) * np.log1p(-p)))
 
-        # T in [e^-5, e^5] covers any useful sharpening or flattening.
-        self.temperature = float(np.exp(minimize_scalar(log_loss, bounds=(-5.0, 5.0), method="bounded").x))
+        # T in [e^-5, e^5] covers any useful sharpening or flattening; a fit at the edge means the
+        # scores carry (almost) no usable ranking, and the map has flattened them to a constant 0.5.
+        from scipy.optimize import minimize_scalar
+
+        log_t = float(minimize_scalar(log_loss, bounds=(-_LOG_T_BOUND, _LOG_T_BOUND), method="bounded").x)
+        self.at_bound = abs(log_t) > _LOG_T_BOUND - 0.01
+        if self.at_bound:
+            warnings.warn(
+                f"{self.name}: the fitted temperature hit its bound (T = e^{log_t:+.1f}), so every confidence "
+                f"is now close to 0.5: the scores of {self.base.name!r} cannot be calibrated by a temperature "
+                "alone (logit/T keeps 0.5 at 0.5 and these scores need another centre); use platt or isotonic",
+                CalibrationWarning, stacklevel=3)
+        self.temperature = float(np.exp(log_t))
+
+    def diagnostics(self) -> dict[str, Any]:
+        return {"temperature": getattr(self, "temperature", None), "at_bound": getattr(self, "at_bound", None)}
 
     def _apply_map(self, scores: np.ndarray) -> np.ndarray:
-        return expit(_logit(scores) / self.temperature)
+        return _expit(_logit(scores) / self.temperature)
 
 
 @register("isotonic")
@@ -136,6 +162,8 @@ class Isotonic(Calibrator):
     """Isotonic regression: the best non-decreasing step map from score to accuracy (scikit-learn)."""
 
     def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
+        from sklearn.isotonic import IsotonicRegression
+
         self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, targets)
 
     def _apply_map(self, scores: np.ndarray) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The pieces of ``certa serve``: request schemas, the micro-batcher, the engine and the app.
+"""``certa serve``: an OpenAI-compatible server with a confidence on every choice.
 
-Import the public API from ``certa.server``.
+``schemas`` (request bodies), ``settings`` (limits and batching), ``batcher``
+(micro-batching), ``engine`` (the model side) and ``app`` (the HTTP side);
+``server.serve`` runs it.
 """

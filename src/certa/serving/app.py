@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -21,6 +20,7 @@ from ..errors import CertaError
 from .batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from .engine import ChoiceResult, Engine, EngineRequest, EngineResult
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -38,27 +38,17 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Per-request bounds; anything above them is a 400, never a slow or huge batch."""
-
-    max_prompt_tokens: int = 2048
-    max_new_tokens_limit: int = 512
-    default_max_tokens: int = 128
-    max_n: int = 8
-
-
-def create_app(engine: Engine, *, api_key: str | None = None, max_queue: int = 256, max_batch: int = 16,
-               batch_wait_ms: float = 10.0, max_prompt_tokens: int = 2048, max_new_tokens_limit: int = 512,
-               default_max_tokens: int = 128, max_n: int = 8) -> FastAPI:
+def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_key: str | None = None,
+               **overrides: Any) -> FastAPI:
     """Build the server app around ``engine``.
 
-    ``max_queue`` bounds the requests waiting for the model (beyond it: 429);
-    ``max_batch`` / ``batch_wait_ms`` shape the micro-batches; the other limits
-    reject over-large requests with a 400. ``api_key`` (optional) is required as
-    ``Authorization: Bearer <key>`` on every ``/v1`` endpoint.
+    ``settings`` (or keyword ``overrides`` of its fields) bound the queue
+    (beyond it: 429), shape the micro-batches and reject over-large requests
+    with a 400. ``api_key`` (optional) is required as ``Authorization: Bearer
+    <key>`` on every ``/v1`` endpoint.
     """
-    limits = Limits(max_prompt_tokens, max_new_tokens_limit, min(default_max_tokens, max_new_tokens_limit), max_n)
+    limits = (settings or ServerSettings()).model_copy(update=overrides)
+    max_queue, max_batch, batch_wait_ms = limits.max_queue, limits.max_batch, limits.batch_wait_ms
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -116,7 +106,7 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
                max_tokens: int | None, question: str) -> EngineResult:
     """Check a request against the limits, queue it and wait for its answers."""
     engine: Engine = request.app.state.engine
-    limits: Limits = request.app.state.limits
+    limits: ServerSettings = request.app.state.limits
     if body.model != engine.model_name:
         raise APIError(404, f"the model {body.model!r} does not exist; this server serves {engine.model_name!r}",
                        param="model", code="model_not_found")
@@ -131,7 +121,8 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; at most {limits.max_prompt_tokens}",
                        param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
                        code="context_length_exceeded")
-    job = EngineRequest(prompt=prompt, max_new_tokens=max_tokens or limits.default_max_tokens,
+    job = EngineRequest(prompt=prompt, max_new_tokens=max_tokens or min(limits.default_max_tokens,
+                                                                        limits.max_new_tokens_limit),
                         n=body.n, stop=tuple(body.stops),
                         question=question)
     try:

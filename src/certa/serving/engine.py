@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CertaError
+from ..generation import RAW_PROMPT_KEY, generate
+from ..methods.base import Needs, get_method
+from ..models import end_token_ids, render_chat
+from ..records import Example, Record
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
-    from ..records import Example, Generation
+    from ..records import Generation
 
 
 @dataclass(frozen=True)
@@ -135,9 +139,6 @@ class ConfidenceEngine:
 
     def __init__(self, lm: LoadedModel, method: str = "sequence_likelihood", *, model_name: str | None = None,
                  seed: int = 0):
-        from ..methods import Needs, get_method
-        from ..models import end_token_ids
-
         self.lm = lm
         self.model_name = model_name or lm.name
         self.method_name = method
@@ -149,24 +150,17 @@ class ConfidenceEngine:
             raise CertaError(f"method {method!r} needs sampled answers, which the server does not generate; "
                              "pick a method that does not need samples")
         self.seed = seed
-        # GrACE reads its confidence during decoding (the artifact's own hook); other methods need none.
-        self._hooks = None if self.method_name == "grace" else ()
+        # A method that reads its confidence while decoding (GrACE) hands generation its hooks.
+        self._hooks = self.method.generation_hooks()
         # The event loop counts prompt tokens while the worker thread generates; a fast tokenizer
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
         self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
-        from ..prompts import SYSTEM_PROMPT
-
-        chat = [{"role": "system" if role == "developer" else role, "content": text} for role, text in messages]
-        if not getattr(self._counter, "chat_template", None):
-            return "".join(f"{m['role']}: {m['content']}\n" for m in chat) + "assistant:"
-        if chat[0]["role"] != "system":
-            # Same system prompt as every other certa stage, so confidence read-outs see familiar text
-            # (and templates such as SmolLM2's do not insert their own default).
-            chat.insert(0, {"role": "system", "content": SYSTEM_PROMPT})
-        return self._counter.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        # The renderer every certa stage uses, so a served answer and its confidence read-out see the
+        # same prompt format as training did (templates or certa's few-shot layout alike).
+        return render_chat(self._counter, list(messages))
 
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text, add_special_tokens=False)["input_ids"])
@@ -182,9 +176,6 @@ class ConfidenceEngine:
         return [results[i] for i in range(len(requests))]
 
     def _complete_group(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        from ..generation import RAW_PROMPT_KEY, generate
-        from ..records import Example
-
         # Decoding is greedy, so the n choices of a request are one answer repeated: generate it once.
         examples = [Example(id=f"request-{i}", question=r.question or r.prompt, answers=[""],
                             meta={RAW_PROMPT_KEY: r.prompt}) for i, r in enumerate(requests)]
@@ -212,8 +203,6 @@ class ConfidenceEngine:
         gen.response, gen.finish_reason = "".join(kept).strip(), "stop"
 
     def _score(self, generations: Sequence[Generation], examples: Sequence[Example]) -> list[float]:
-        from ..records import Record
-
         records = [Record.from_generation(g, ex, correct=0.0) for g, ex in zip(generations, examples, strict=True)]
         return [float(c) for c in self.method(records)]
 

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, MissingDependencyError
-from .objective import Objective, TrainConfig
+from ..models.artifact import save_artifact
+from .config import TrainConfig
+from .objective import Objective
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -79,11 +81,9 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
 
     accelerator.wait_for_everyone()
     lm.model = accelerator.unwrap_model(lm.model)
-    from .artifact import save_artifact
-
     summary = {"data": data_summary(records, len(items)), "steps": total_steps, **(extra or {})}
     if accelerator.is_main_process:
-        save_artifact(lm, objective, config, out, summary)
+        save_artifact(lm, objective.method, objective.artifact_info(), config.model_dump(), out, summary)
     accelerator.wait_for_everyone()
     return out
 
@@ -136,7 +136,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     for name, param in model.named_parameters():
         if param.requires_grad:
             (token_rows if "trainable_tokens_delta" in name else others).append(param)
-    groups = [{"params": others, "lr": config.lr}, {"params": token_rows, "lr": config.token_lr}]
+    groups = [{"params": others, "lr": config.lr}, {"params": token_rows, "lr": config.token_learning_rate()}]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
 
 

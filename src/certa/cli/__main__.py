@@ -1,0 +1,5 @@
+"""``python -m certa.cli``."""
+
+from . import main
+
+main()

@@ -1,0 +1,61 @@
+"""The ``certa`` Typer app, its consoles and the options several commands share."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..versions import certa_version
+
+app = typer.Typer(
+    name="certa",
+    help="Calibrated confidence for every answer a language model gives.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# A pipe reports 80 columns, which wraps every metric cell; logs and CI get a wider page.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True)
+state = {"debug": False}
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name (see `certa datasets`), a JSONL path, or hf:owner/name.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test or all (deterministic by id hash).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="use at most this many questions (a stable subset).")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"certa {certa_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show progress logs")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                          help="print certa's version and exit")] = False,
+) -> None:
+    state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def print_rows(title: str, rows: dict, columns: tuple[str, ...]) -> None:
+    """A small table of named rows (strategies, a self-correction result)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{values[c]:.3f}" if isinstance(values[c], float) else str(values[c]) for c in columns))
+    console.print(table)

@@ -1,0 +1,26 @@
+"""Reading answers a user brings: graded records, or generations to grade against a dataset."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InputError
+from ..records import Generation, Record, iter_jsonl, read_jsonl
+from .grading import grade
+from .loaders import load_dataset
+
+
+def read_graded(path: str | os.PathLike[str], dataset: str | None = None) -> list[Record]:
+    """Records from ``path``: graded records as they are, or generations graded against ``dataset``.
+
+    A file whose rows carry ``correct`` is already graded; any other file holds
+    generations and needs ``dataset`` (its gold answers are joined by id).
+    """
+    first = next((obj for _, obj in iter_jsonl(path)), None)
+    if first is None:
+        raise InputError(f"{path}: no rows")
+    if isinstance(first, dict) and "correct" in first:
+        return read_jsonl(path, Record)
+    if dataset is None:
+        raise InputError(f"{path}: rows have no 'correct' field; pass --dataset to grade them first")
+    return grade(read_jsonl(path, Generation), load_dataset(dataset, split="all"))

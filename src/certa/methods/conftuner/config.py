@@ -1,0 +1,15 @@
+"""ConfTuner's training settings: the shared ones plus its own, each default stated once."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ...training.config import TrainConfig
+
+
+class ConfTunerConfig(TrainConfig):
+    """Hyper-parameters of ConfTuner training (SPEC §2); unknown keys are errors."""
+
+    scale: int | None = Field(
+        None, description="confidence levels: 100 (T_100, '0'..'100') or 9 (T_9, '0'..'9'); "
+        "default: T_100 when each level is one token in the tokenizer, else T_9")

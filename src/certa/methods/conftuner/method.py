@@ -1,0 +1,88 @@
+"""The registered ``conftuner`` method: expected verbalized confidence after tokenized-Brier tuning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ...records import Record
+from ..base import register
+from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, expected_confidence
+from ..readouts import restricted_next_token_probs
+from ..trained import TrainedMethod
+from .config import ConfTunerConfig
+from .objective import METHOD, ConfTunerObjective, verbal_texts
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ...models import LoadedModel
+    from ...training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def level_probabilities(lm: LoadedModel, records: Sequence[Record], batch_size: int = 16,
+                        progress: bool = False) -> tuple[np.ndarray, ConfidenceTokens]:
+    """The restricted softmax over the confidence-level tokens for each record, [N, levels] (adapter on)."""
+    scale = ((lm.artifact or {}).get("train_config") or {}).get("scale")
+    tokens = confidence_tokens(lm.tokenizer, scale)
+    texts = verbal_texts(lm, records, tokens)
+    with lm.adapter_enabled():
+        probs = restricted_next_token_probs(lm, texts, tokens.token_ids, batch_size=batch_size, progress=progress)
+    return np.asarray(probs, dtype=float), tokens
+
+
+def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, Any]:
+    """Collapse check (SPEC §6): the argmax level's confidence per answer and how many levels are used."""
+    scores = np.asarray(tokens.scores, dtype=float)
+    top = probs.argmax(axis=1)
+    used, counts = np.unique(top, return_counts=True)
+    return {
+        "argmax_confidence": [float(scores[i]) for i in top],
+        "distinct_levels": int(len(used)),
+        "level_counts": {str(tokens.labels[i]): int(c) for i, c in zip(used, counts, strict=True)},
+    }
+
+
+@register(METHOD)
+class ConfTuner(TrainedMethod):
+    """ConfTuner: expected verbalized confidence Σ p_i s_i after tokenized-Brier tuning."""
+
+    cost = "one forward pass over prompt + answer + 'Confidence: ' per answer (adapter on)"
+    paper: ClassVar[str] = "ConfTuner (arXiv 2508.18847)"
+    config_class = ConfTunerConfig
+
+    def __init__(self, model: LoadedModel | None = None, **options: Any):
+        super().__init__(model, **options)
+        self._diagnostics: dict[str, Any] = {}
+        if self.model is not None and self.model.method != METHOD:
+            log.warning("model %r is not a ConfTuner artifact (method %r): this is the untrained "
+                        "verbalized read-out", self.model.name, self.model.method)
+
+    @classmethod
+    def make_objective(cls, config: TrainConfig) -> ConfTunerObjective:
+        return ConfTunerObjective(cls.resolve_config(config))  # type: ignore[arg-type]
+
+    def score(self, records: Sequence[Record]) -> np.ndarray:
+        probs, tokens = level_probabilities(self.model, records, self.batch_size, self.progress)
+        self._diagnostics = level_diagnostics(probs, tokens)
+        return np.asarray(expected_confidence(probs, tokens), dtype=float)
+
+    def diagnostics(self) -> dict[str, Any]:
+        return self._diagnostics
+
+
+def train_conftuner(lm: LoadedModel, records: Sequence[Record], config: ConfTunerConfig | dict | None = None,
+                    out_dir: str | os.PathLike[str] = "conftuner-artifact", resume: bool = False, *,
+                    in_place: bool = False, progress: bool = True) -> Path:
+    """Train ConfTuner on graded records of the model's own answers; returns the artifact directory.
+
+    Same as ``ConfTuner.train``: by default a copy of ``lm``'s weights is trained and
+    ``lm`` stays the base model (``in_place=True`` saves that memory on large models).
+    """
+    return ConfTuner.train(lm, records, config, out_dir, resume=resume, in_place=in_place, progress=progress)

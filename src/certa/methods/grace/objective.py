@@ -1,0 +1,126 @@
+"""GrACE as an :class:`~certa.training.objective.Objective` for the shared trainer (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ...errors import InputError
+from ...models.adapters import adapter_state
+from ...models.tensors import left_pad, positions_from_mask
+from ...records import Record
+from ...training.losses import grace_calibration_loss, response_lm_loss
+from ...training.targets import soft_targets
+from .config import GraceConfig
+from .readout import CNF_TOKEN, cnf_token_id, free_readout, readout_step, split_record
+from .token import add_cnf_token, init_sample, mean_target, place_cnf_row, readout_states
+
+if TYPE_CHECKING:
+    from ...models import LoadedModel
+
+
+class GraceObjective:
+    """Soft, accuracy-linked targets for P(<CNF>) after each training answer; MSE (or BCE) to them.
+
+    ``suffix`` mode (default): the adapter is on only for the read-out step over
+    the base model's KV cache, so answers cannot move. ``full`` mode (the
+    paper's): the adapter runs over the whole sequence with λ·LM loss on the
+    response. ``readout="free"``: only the ``<CNF>`` row trains, read at the
+    end-predicting state (pair with ``target_modules=[]``). ``build_items`` also
+    places the initial ``<CNF>`` row: it is the first point where the objective sees data.
+    """
+
+    method = "grace"
+
+    def __init__(self, config: GraceConfig):
+        self.config = config
+        self.cnf_id: int | None = None
+        self.init_rate: float | None = None
+
+    # -- Objective protocol
+
+    def prepare(self, lm: LoadedModel, config: GraceConfig) -> None:
+        self.cnf_id = add_cnf_token(lm)
+
+    def trainable_token_ids(self, lm: LoadedModel) -> list[int]:
+        return [cnf_token_id(lm.tokenizer)]
+
+    def build_items(self, lm: LoadedModel, records: Sequence[Record], config: GraceConfig) -> list[dict[str, Any]]:
+        require_hidden_states(records)
+        target = soft_targets([r.hidden_state for r in records], [r.correct for r in records],
+                              kind=config.targets, bins=config.bins, folds=config.folds, seed=config.seed)
+        items = []
+        for record, t in zip(records, target, strict=True):
+            prompt, response = truncate(*split_record(lm, record), config.max_length)
+            items.append({"prompt": prompt, "response": response, "target": float(t),
+                          "hidden": record.hidden_state})
+        self.init_rate = mean_target(items)
+        sample = init_sample(items, config.init_sample, config.seed)
+        place_cnf_row(lm, self._cnf(lm), readout_states(lm, sample, config.readout, config.batch_size),
+                      self.init_rate)
+        return items
+
+    def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pad = lm.tokenizer.pad_token_id
+        batch = {"target": torch.tensor([it["target"] for it in items], dtype=torch.float32)}
+        if self.config.readout == "free":
+            batch["hidden"] = torch.tensor([it["hidden"] for it in items], dtype=torch.float32)
+        elif self.config.mode == "full":
+            batch["input_ids"], batch["attention_mask"] = left_pad([it["prompt"] + it["response"] for it in items],
+                                                                   pad)
+            batch["labels"], _ = left_pad([[-100] * len(it["prompt"]) + it["response"] for it in items], -100)
+        else:
+            batch["input_ids"], batch["attention_mask"] = left_pad(
+                [it["prompt"] + it["response"][:-1] for it in items], pad)
+            batch["last_tokens"] = torch.tensor([it["response"][-1] for it in items])
+        return batch
+
+    def loss(self, lm: LoadedModel, batch: dict[str, torch.Tensor],
+             config: GraceConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        cnf_id = self._cnf(lm)
+        target = batch["target"]
+        if config.readout == "free":
+            conf = free_readout(lm.model, batch["hidden"], cnf_id)
+            return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
+        mask = batch["attention_mask"]
+        if config.mode == "full":
+            out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask))
+            conf = out.logits[:, -1].float().softmax(-1)[:, cnf_id]
+            calibration = grace_calibration_loss(conf, target, config.calibration_loss)
+            lm_loss = response_lm_loss(out.logits, batch["labels"])
+            return calibration + config.lm_loss_weight * lm_loss, {
+                "calibration": calibration.item(), "lm_loss": lm_loss.item(), "conf_mean": conf.mean().item()}
+        with torch.no_grad(), adapter_state(lm.model, False):
+            out = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
+                           position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
+        conf = readout_step(lm.model, out.past_key_values, mask, batch["last_tokens"], cnf_id)
+        return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
+
+    def artifact_info(self) -> dict[str, Any]:
+        c = self.config
+        return {"token": CNF_TOKEN, "token_id": self.cnf_id, "mode": c.mode, "readout": c.readout,
+                "answers_use_adapter": c.mode == "full", "targets": c.targets, "bins": c.bins,
+                "folds": c.folds, "init_rate": self.init_rate}
+
+    def _cnf(self, lm: LoadedModel) -> int:
+        return self.cnf_id if self.cnf_id is not None else cnf_token_id(lm.tokenizer)
+
+
+def truncate(prompt: list[int], response: list[int], max_length: int) -> tuple[list[int], list[int]]:
+    """Keep the end of over-long sequences: the read-out needs the answer's last tokens."""
+    overflow = len(prompt) + len(response) - max_length
+    if overflow > 0:
+        cut = min(overflow, len(prompt))
+        prompt = prompt[cut:]
+        response = response[overflow - cut:]
+    return prompt, response
+
+
+def require_hidden_states(records: Sequence[Record]) -> None:
+    """GrACE's soft targets need each record's hidden state: fail early, naming the first record without one."""
+    for record in records:
+        if not record.hidden_state:
+            raise InputError(f"record {record.id!r} has no hidden_state: generate the training split with "
+                             "hidden_states=True (certa generate --hidden-states)")

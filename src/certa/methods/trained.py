@@ -1,0 +1,83 @@
+"""The base of methods that are trained into an artifact (LoRA + a read-out) before they can score.
+
+A trained method declares everything a caller needs, so no list of trained
+methods is kept anywhere else: its config class (``config_class``, TRL style),
+its training objective (``make_objective``), what training reads from the
+records (``fit_needs``) and how its confidence is read while decoding
+(``generation_hooks``). ``Method.train(lm, records, config, out_dir)`` is the
+one way to train any of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import ValidationError
+
+from ..errors import InputError, validation_error
+from ..training.config import TrainConfig
+from ..training.trainer import train
+from .base import ModelReadoutMethod, Needs
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+    from ..records import Record
+    from ..training.objective import Objective
+
+
+class TrainedMethod(ModelReadoutMethod):
+    """A confidence method whose model is trained on graded answers of the base model (an artifact)."""
+
+    needs: ClassVar[Needs] = Needs.MODEL | Needs.TRAINING
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+
+    @classmethod
+    def make_objective(cls, config: TrainConfig) -> Objective:
+        """The training objective for ``config`` (an instance of ``config_class``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_training_records(cls, records: Sequence[Record]) -> None:
+        """Fail early, naming the record, when the records lack what training reads."""
+
+    @classmethod
+    def resolve_config(cls, config: TrainConfig | Mapping[str, Any] | None, where: str = "config") -> TrainConfig:
+        """``config`` as this method's config class: a mapping is validated (errors name the field)."""
+        if config is None:
+            return cls.config_class()
+        if isinstance(config, cls.config_class):
+            return config
+        values = config.model_dump(exclude_unset=True) if isinstance(config, TrainConfig) else dict(config)
+        try:
+            return cls.config_class.model_validate(values)
+        except ValidationError as exc:
+            raise validation_error(exc, where) from None
+
+    @classmethod
+    def train(cls, lm: LoadedModel, records: Sequence[Record],
+              config: TrainConfig | Mapping[str, Any] | None = None,
+              out_dir: str | os.PathLike[str] | None = None, *, resume: bool = False, in_place: bool = False,
+              progress: bool = True) -> Path:
+        """Train on graded records of the base model's own answers; save and return the artifact directory.
+
+        ``lm`` must be a base model without adapters. By default a copy of its
+        weights is trained and ``lm`` is left as it was; ``in_place=True`` trains
+        ``lm`` itself (saves the memory of a copy on large models; ``lm`` then
+        carries the new adapter). ``resume=True`` continues from the newest
+        checkpoint in ``out_dir``. Load the result with ``certa.load_model(out_dir)``.
+        """
+        resolved = cls.resolve_config(config)
+        if lm.has_adapters:
+            raise InputError(f"{cls.name}: model {lm.name!r} already carries adapters; train a freshly loaded base")
+        if not records:
+            raise InputError(f"{cls.name}: no training records given")
+        cls.check_training_records(records)
+        target = lm if in_place else dataclasses.replace(
+            lm, model=copy.deepcopy(lm.model), tokenizer=copy.deepcopy(lm.tokenizer), adapters={})
+        out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
+        return train(cls.make_objective(resolved), target, records, resolved, out, resume=resume, progress=progress)

@@ -1,0 +1,203 @@
+"""Trained artifacts: a directory a user loads with one call, and attaches by name to a shared base.
+
+Layout::
+
+    adapter_config.json, adapter_model.safetensors   PEFT adapter (LoRA + trained token rows)
+    tokenizer files                                    the tokenizer with the added tokens
+    certa.json                                         method, base model, method facts, config,
+                                                       training data, versions, metrics
+    README.md                                          the model card
+
+Loading needs torch, transformers and peft only (no accelerate, no sklearn),
+so an artifact trained on a GPU box serves on a laptop. Several artifacts of
+the same base share one copy of its weights: :func:`attach_artifacts` adds each
+as a named PEFT adapter and returns a view per artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InputError, ModelLoadError
+from ..versions import package_versions
+from .adapters import is_peft_model
+from .loaded import LoadedModel
+from .sources import load_base_model
+from .vocab import resize_embeddings
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_FILE = "certa.json"
+FORMAT_VERSION = 1
+_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_artifact(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a directory holding a ``certa.json``."""
+    return (Path(path) / ARTIFACT_FILE).is_file()
+
+
+def artifact_id(path: str | os.PathLike[str]) -> str:
+    """A digest of an artifact's metadata and weights: whatever was computed with it is valid while it holds."""
+    digest = hashlib.sha1()
+    for name in (ARTIFACT_FILE, _WEIGHTS):
+        file = Path(path) / name
+        if file.exists():
+            digest.update(name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def save_artifact(lm: LoadedModel, method: str, method_info: dict[str, Any], config: dict[str, Any],
+                  out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write the adapter, the tokenizer and ``certa.json`` for ``lm`` (a PEFT-wrapped model) to ``out_dir``.
+
+    ``extra`` goes into ``certa.json`` as is (``data`` summary, ``metrics``, ...).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not is_peft_model(lm.model):
+        raise InputError(f"save_artifact: model {lm.name!r} has no adapter attached; train it first")
+    # The trained token rows live in the adapter; the full resized embedding matrix would be
+    # hundreds of MB and is rebuilt from the base model on load.
+    lm.model.save_pretrained(out, save_embedding_layers=False)
+    lm.tokenizer.save_pretrained(out)
+    info = {
+        "format": FORMAT_VERSION,
+        "method": method,
+        "base_model": lm.name,
+        "base_model_path": _local_path(lm.name),
+        "vocab_size": len(lm.tokenizer),
+        "method_info": method_info,
+        "train_config": config,
+        "versions": package_versions(),
+        **(extra or {}),
+    }
+    text = json.dumps(info, indent=2, default=str) + "\n"
+    (out / ARTIFACT_FILE).write_text(text, encoding="utf-8")
+    return out
+
+
+def _local_path(spec: str) -> str | None:
+    """The absolute path of a local base model, so an artifact loads from any working directory."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else None
+
+
+def read_artifact_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse ``certa.json`` of an artifact directory; errors name the file."""
+    file = Path(path) / ARTIFACT_FILE
+    if not file.is_file():
+        raise ModelLoadError(f"{path}: not a certa artifact (no {ARTIFACT_FILE})")
+    try:
+        info = json.loads(file.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{file}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{file}: not UTF-8 text (byte {exc.start})") from None
+    if not isinstance(info, dict):
+        raise InputError(f"{file}: expected a JSON object")
+    for key in ("method", "base_model"):
+        if key not in info:
+            raise InputError(f"{file}: missing field {key!r}")
+    return info
+
+
+def base_model_spec(info: dict[str, Any]) -> str:
+    """What to load as an artifact's base: its recorded local path when it still exists, else its name."""
+    path = info.get("base_model_path")
+    return path if path and Path(path).exists() else info["base_model"]
+
+
+def load_artifact(path: str | os.PathLike[str], device: str | torch.device | None = None,
+                  dtype: torch.dtype | str | None = None) -> LoadedModel:
+    """Load a trained artifact: its base model with the artifact attached as an adapter, ready to score."""
+    info = read_artifact_info(path)
+    base = load_base_model(base_model_spec(info), device=device, dtype=dtype)
+    return attach_artifacts(base, {info["method"]: path})[info["method"]]
+
+
+def attach_artifacts(base: LoadedModel, artifacts: Mapping[str, str | os.PathLike[str]]) -> dict[str, LoadedModel]:
+    """Attach each artifact to ``base`` as a PEFT adapter named by its key; return a view per artifact.
+
+    ``base`` is updated in place: its weights are now the adapter-carrying model
+    and ``base`` itself stays the base-model view (every adapter off when it
+    runs), so baselines computed through it are unaffected. The artifacts'
+    added tokens (GrACE's ``<CNF>``) are added to the shared tokenizer once;
+    two artifacts that disagree on an added token's id are an error.
+    """
+    from peft import PeftModel
+
+    infos = {name: read_artifact_info(path) for name, path in artifacts.items()}
+    taken = sorted(set(artifacts) & set(base.adapters))
+    if taken:
+        raise InputError(f"an adapter named {taken[0]!r} is already attached to {base.name!r}")
+    rows_attached = any(_trains_token_rows(Path(info["path"])) for info in base.adapters.values() if "path" in info)
+    for path in artifacts.values():
+        _check_weights(Path(path))
+        if rows_attached and not _trains_token_rows(Path(path)):
+            raise InputError(f"{path}: an adapter without token rows cannot join adapters that train them "
+                             "(a PEFT limitation); attach all artifacts in one attach_artifacts call")
+        _add_artifact_tokens(base, Path(path))
+    model = base.model
+    # PEFT (0.21) cannot load an adapter without trainable token rows after one with them (it looks for
+    # the first's rows in the second's weights), so the ones without rows are attached first.
+    for name, path in sorted(artifacts.items(), key=lambda item: _trains_token_rows(Path(item[1]))):
+        try:
+            if is_peft_model(model):
+                model.load_adapter(str(path), adapter_name=name)
+            else:
+                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelLoadError(f"{path}: could not attach the adapter ({exc})") from None
+        infos[name] = {**infos[name], "artifact_id": artifact_id(path), "path": str(path)}
+    model.eval()
+    base.model = model
+    base.adapters.update(infos)
+    return {name: base.view(name) for name in artifacts}
+
+
+def _trains_token_rows(path: Path) -> bool:
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("trainable_token_indices") or config.get("peft_type") == "TRAINABLE_TOKENS")
+
+
+def _check_weights(path: Path) -> None:
+    """Adapters load from safetensors only: a pickle checkpoint can run code when it is read."""
+    if not (path / _WEIGHTS).is_file():
+        found = sorted(p.name for p in path.glob("adapter_model.*"))
+        detail = f"found {', '.join(found)}" if found else "no adapter weights at all"
+        raise ModelLoadError(f"{path}: expected {_WEIGHTS} ({detail}); certa loads adapters from safetensors only")
+
+
+def _add_artifact_tokens(base: LoadedModel, path: Path) -> None:
+    """Extend the shared tokenizer (and embeddings) with the tokens the artifact's tokenizer added."""
+    from transformers import AutoTokenizer
+
+    theirs = AutoTokenizer.from_pretrained(path)
+    ours = base.tokenizer
+    for token_id in range(len(ours), len(theirs)):
+        token = theirs.convert_ids_to_tokens(token_id)
+        ours.add_tokens([token], special_tokens=True)
+    for token_id in range(min(len(ours), len(theirs))):
+        if ours.convert_ids_to_tokens(token_id) != theirs.convert_ids_to_tokens(token_id):
+            raise InputError(f"{path}: its tokenizer differs from the base model's at id {token_id} "
+                             f"({theirs.convert_ids_to_tokens(token_id)!r} vs {ours.convert_ids_to_tokens(token_id)!r}); "
+                             "was it trained on another base model?")
+    if is_peft_model(base.model):
+        embeddings = base.model.get_base_model().get_input_embeddings().weight.shape[0]
+        if embeddings < len(ours):
+            raise InputError(f"{path}: adds tokens after adapters were attached; attach it together with the others")
+    else:
+        resize_embeddings(base.model, len(ours))

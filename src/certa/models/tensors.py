@@ -1,0 +1,50 @@
+"""Batch plumbing every forward pass shares: left padding, positions from a mask, KV-cache lengths.
+
+Batched decoding pads on the left, so every row's last token sits in the final
+column; a forward over such a batch must give each row the positions it would
+have alone (counting real tokens only), or RoPE models disagree with
+generation. These helpers are the one place that does it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(input_ids, attention_mask)``, both ``[rows, longest]``."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = torch.as_tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each slot = real tokens before it, as HF ``generate`` computes them.
+
+    Without explicit positions a left-padded forward would start each row at
+    the pad count instead of 0 and disagree with generation.
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def cache_length(cache: Any) -> int | None:
+    """Slots a KV cache holds (``None`` for a cache that cannot say)."""
+    getter = getattr(cache, "get_seq_length", None)
+    return int(getter()) if getter else None
+
+
+def crop_cache(cache: Any, length: int | None) -> None:
+    """Drop the slots appended after ``length``, so the next reader sees the cache as it was."""
+    now = cache_length(cache)
+    if length is None or now is None or now <= length or not hasattr(cache, "crop"):
+        return
+    cache.crop(-(now - length))  # a negative count removes that many slots (transformers 4 and 5)

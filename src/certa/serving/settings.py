@@ -1,0 +1,19 @@
+"""The server's limits and batching, each default stated once (the CLI's options are built from it)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServerSettings(BaseModel):
+    """Per-request bounds (anything above them is a 400, never a slow or huge batch) and batching."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_queue: int = Field(256, ge=1, description="queued requests before answering 429")
+    max_batch: int = Field(16, ge=1, description="requests decoded together")
+    batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill")
+    max_prompt_tokens: int = Field(2048, ge=1, description="longest prompt accepted, in tokens")
+    max_new_tokens_limit: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request gives none")
+    max_n: int = Field(8, ge=1, description="most choices per request")

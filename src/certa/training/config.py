@@ -1,0 +1,43 @@
+"""Training hyper-parameters every trained method shares, TRL style: each default stated once, with its help.
+
+A method's own settings live in its own subclass (``GraceConfig``,
+``ConfTunerConfig``); YAML configs and the CLI are built from these classes,
+so a default is never restated elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters shared by every trained method. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: float = Field(2.0, gt=0, description="passes over the training answers")
+    batch_size: int = Field(8, ge=1, description="answers per optimiser step (per process)")
+    grad_accum: int = Field(1, ge=1, description="batches accumulated into one optimiser step")
+    lr: float = Field(3e-4, gt=0, description="learning rate of the LoRA weights")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
+                                      description="module names that get LoRA; empty: no LoRA")
+    mode: Literal["suffix", "full"] = Field(
+        "suffix",
+        description="suffix: adapter only on the confidence read-out (answers unchanged); "
+        "full: adapter over the whole sequence plus LM loss (paper-faithful)",
+    )
+    lm_loss_weight: float = Field(1.0, ge=0, description="λ for the LM loss; used in full mode only")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    save_every: int = Field(50, ge=1, description="checkpoint every N optimiser steps")
+    max_length: int = Field(512, ge=16, description="longest training sequence in tokens (the start is cut)")
+    seed: int = Field(0, description="seed of the shuffling, dropout and everything random in training")
+
+    def token_learning_rate(self) -> float:
+        """Learning rate of added token rows (methods that add tokens set their own)."""
+        return self.lr
