@@ -22,9 +22,15 @@ from certa.methods.conftuner import (
     read_answers,
     score_answers,
     train_conftuner,
-    verbal_texts,
 )
-from certa.methods.prompting.verbalized import ConfidenceTokens, confidence_tokens
+from certa.methods.prompting.verbalized import (
+    ConfidenceTokens,
+    confidence_tokens,
+    verbal_inputs,
+    verbal_prompt,
+)
+from certa.methods.readouts import restricted_log_softmax
+from certa.models.tensors import left_pad, positions_from_mask
 from certa.records import Example, Record
 from certa.training.losses import IGNORE_INDEX, tokenized_brier
 
@@ -71,35 +77,38 @@ def trained(tiny_lm, tmp_path_factory):
 # ── the objective ────────────────────────────────────────────────────────────────────────────
 
 
-def test_items_end_at_the_confidence_cue_and_carry_the_label(tiny_lm):
+def test_items_are_the_answer_and_its_verbal_suffix_and_carry_the_label(tiny_lm):
     objective = ConfTunerObjective(config())
     objective.prepare(tiny_lm, config())
     records = make_records()
     items = objective.build_items(tiny_lm, records, config())
     assert [it["correct"] for it in items] == [r.correct for r in records]
-    text = tiny_lm.tokenizer.decode(items[0]["input_ids"])
-    assert text.endswith("7" + objective.tokens.cue) and "What is 3 + 4?" in text
-    assert "labels" not in items[0]
+    first = items[0]
+    text = tiny_lm.tokenizer.decode(first["prompt"] + first["response"] + first["suffix"])
+    assert text == verbal_prompt(tiny_lm, records[0], objective.tokens)
+    assert text.endswith(objective.tokens.cue.lstrip("\n")) and "What is 3 + 4?" in text
+    assert tiny_lm.tokenizer.decode(first["response"], skip_special_tokens=True) == "7"
 
 
 def test_full_mode_labels_cover_exactly_the_response(tiny_lm):
-    objective = ConfTunerObjective(config())
     cfg = config(mode="full")
+    objective = ConfTunerObjective(cfg)
     objective.prepare(tiny_lm, cfg)
     record = dataclasses.replace(make_records()[0], response="The answer is 7.")
-    (item,) = objective.build_items(tiny_lm, [record], cfg)
-    learned = [t for t in item["labels"] if t != IGNORE_INDEX]
-    assert tiny_lm.tokenizer.decode(learned) == "The answer is 7."
+    batch = objective.collate(tiny_lm, objective.build_items(tiny_lm, [record], cfg))
+    learned = [t for t in batch["labels"][0].tolist() if t != IGNORE_INDEX]
+    assert tiny_lm.tokenizer.decode(learned, skip_special_tokens=True) == "The answer is 7."
 
 
-def test_collate_left_pads_with_real_token_positions(tiny_lm):
+def test_collate_keeps_the_answer_prefix_apart_from_the_suffix(tiny_lm):
     objective = ConfTunerObjective(config())
-    items = [{"input_ids": [5, 6, 7], "correct": 1.0}, {"input_ids": [8], "correct": 0.0}]
+    items = [{"prompt": [5, 6], "response": [7, 8], "suffix": [9, 10, 11], "correct": 1.0},
+             {"prompt": [12], "response": [13], "suffix": [9], "correct": 0.0}]
     batch = objective.collate(tiny_lm, items)
     pad = tiny_lm.tokenizer.pad_token_id
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [pad, pad, 8]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [pad, pad, 12]]  # prompt + answer minus its last token
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    assert batch["last_tokens"].tolist() == [8, 13] and batch["suffixes"] == [[9, 10, 11], [9]]
 
 
 def test_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):
@@ -113,12 +122,62 @@ def test_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):
     assert set(scalars) == {"brier", "mean_confidence"}
 
 
+def _lora_on_last(model, keep: int, adapter: str = "default"):
+    """Forward hooks that switch LoRA's contribution off on every position but the last ``keep``:
+    the adapter-on-the-suffix computation, done as one plain forward over the whole sequence."""
+    handles = []
+    for name, module in model.named_modules():
+        if name.endswith(f"lora_B.{adapter}"):
+            def zero_prefix(_m, _inp, out, keep=keep):
+                mask = torch.zeros(out.shape[1], 1, dtype=out.dtype)
+                mask[-keep:] = 1
+                return out * mask
+            handles.append(module.register_forward_hook(zero_prefix))
+    return handles
+
+
+def test_suffix_training_equals_a_full_forward_with_the_adapter_on_the_suffix(tiny_lm):
+    from certa.training.trainer import attach_adapter
+
+    lm = fresh(tiny_lm)
+    cfg = config(lora_dropout=0.0)
+    objective = ConfTunerObjective(cfg)
+    objective.prepare(lm, cfg)
+    attach_adapter(lm, cfg, [])
+    torch.manual_seed(0)
+    for name, param in lm.model.named_parameters():
+        if "lora_B" in name:  # LoRA starts at B = 0; move it so the adapter changes something
+            param.data.normal_(0, 0.5)
+    records = make_records()[:4]
+    items = objective.build_items(lm, records, cfg)
+    assert len({len(it["suffix"]) for it in items}) == 1  # every answer ended its turn: one suffix length
+    loss, _ = objective.loss(lm, objective.collate(lm, items), cfg)
+    cached = torch.autograd.grad(loss, [p for p in lm.model.parameters() if p.requires_grad])
+
+    keep = 1 + len(items[0]["suffix"])  # the answer's last token and the suffix run with the adapter
+    handles = _lora_on_last(lm.model, keep)
+    try:
+        ids, mask = left_pad([it["prompt"] + it["response"] + it["suffix"] for it in items], lm.tokenizer.pad_token_id)
+        logits = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask)).logits[:, -1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    probs = restricted_log_softmax(logits, objective.tokens.token_ids).exp()
+    y = torch.tensor([it["correct"] for it in items])
+    full = tokenized_brier(probs, y, torch.tensor(objective.tokens.scores, dtype=probs.dtype))
+    reference = torch.autograd.grad(full, [p for p in lm.model.parameters() if p.requires_grad])
+    assert float(loss) == pytest.approx(float(full), abs=1e-6)
+    for a, b in zip(cached, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in cached)
+
+
 def test_gradient_reaches_only_the_lora_weights(tiny_lm):
     from certa.training.trainer import attach_adapter
 
     lm = fresh(tiny_lm)
     cfg = config(mode="full")
-    objective = ConfTunerObjective(config())
+    objective = ConfTunerObjective(cfg)
     objective.prepare(lm, cfg)
     attach_adapter(lm, cfg, objective.trainable_token_ids(lm))
     batch = objective.collate(lm, objective.build_items(lm, make_records()[:4], cfg))
@@ -167,27 +226,31 @@ def test_suffix_mode_keeps_the_base_models_greedy_answers(tiny_lm, trained):
     examples = [Example(id=f"e{i}", question=q, answers=[a], answer_type="numeric")
                 for i, (q, _, a) in enumerate(QUESTIONS[:4])]
     base = generate(tiny_lm, examples, max_new_tokens=6, progress=False)
-    with lm.adapter_disabled():
-        tuned = generate(lm, examples, max_new_tokens=6, progress=False)
+    tuned = generate(lm, examples, max_new_tokens=6, progress=False)  # LoadedModel.answering: the base model
     assert [g.token_ids for g in tuned] == [g.token_ids for g in base]
 
 
 # ── the read-out ─────────────────────────────────────────────────────────────────────────────
 
 
-def test_score_is_the_expected_confidence_of_a_direct_forward(trained):
+def test_score_is_the_expected_confidence_of_a_forward_with_the_adapter_on_the_suffix(trained):
     _, lm = trained
     records = make_records()[:3]
     method = get_method("conftuner", model=lm)
     scores = method(records)
     tokens = confidence_tokens(lm.tokenizer)
     direct = []
-    for text in verbal_texts(lm, records, tokens):
-        ids = lm.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logits = lm.model(input_ids=ids).logits[0, -1, tokens.token_ids]
+    for prompt, response, suffix in verbal_inputs(lm, records, tokens):
+        ids = prompt + response + suffix
+        handles = _lora_on_last(lm.model.get_base_model(), 1 + len(suffix), lm.adapter)
+        try:
+            with torch.no_grad():
+                logits = lm.model(input_ids=torch.tensor([ids])).logits[0, -1, tokens.token_ids]
+        finally:
+            for handle in handles:
+                handle.remove()
         direct.append(float(torch.softmax(logits, -1).numpy() @ tokens.scores))
-    np.testing.assert_allclose(scores, direct, atol=1e-5)
+    np.testing.assert_allclose(scores, direct, atol=1e-4)
     # The adapter really was on: training moved the level distribution the score came from.
     untrained, _ = level_probabilities(lm.view(None), records)  # the same weights, adapters off
     assert np.max(np.abs(untrained - level_probabilities(lm, records)[0])) > 1e-2

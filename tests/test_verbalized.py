@@ -22,6 +22,7 @@ from certa.methods.prompting.verbalized import (
     format_confidence,
     parse_confidence,
     verbal_prompt,
+    verbal_suffix,
 )
 from certa.prompts import question_prompt
 from certa.records import Record
@@ -91,14 +92,25 @@ def test_tokenizer_without_single_token_levels_is_an_error():
 # --- prompt and read-out ---------------------------------------------------------------------
 
 
-def test_verbal_prompt_ends_where_the_level_token_comes_next(tiny_lm):
+def test_verbal_prompt_is_the_answer_then_a_follow_up_turn_ending_before_the_level(tiny_lm):
     record = _records()[1]
     tokens = confidence_tokens(tiny_lm.tokenizer)
-    text = verbal_prompt(tiny_lm, question_prompt(record.example()), record.response + "\n")
-    user = f"{question_prompt(record.example())}\n{confidence_instruction(tokens)}"
-    assert text == tiny_lm.chat_prompt(user) + "Paris, the capital.\nConfidence: "
+    text = verbal_prompt(tiny_lm, record, tokens)
+    answered = tiny_lm.chat_prompt(question_prompt(record.example())) + "Paris, the capital.<|im_end|>"
+    follow_up = f"\n<|im_start|>user\n{confidence_instruction(tokens)}<|im_end|>\n<|im_start|>assistant\nConfidence: "
+    assert text == answered + follow_up
     for label, token_id in zip(tokens.labels, tokens.token_ids, strict=True):
         assert _ids(tiny_lm.tokenizer, text + label) == _ids(tiny_lm.tokenizer, text) + [token_id]
+
+
+def test_an_answer_cut_at_the_length_limit_gets_its_turn_closed_first(tiny_lm):
+    tokens = confidence_tokens(tiny_lm.tokenizer)
+    suffix = verbal_suffix(tiny_lm, tokens)
+    assert suffix.after_cut == "<|im_end|>" + suffix.after_end
+    cut = Record(id="c", prompt="", response="Par", question="Capital of France?", answers=["Paris"],
+                 token_ids=_ids(tiny_lm.tokenizer, "Par"))  # no end-of-turn token: cut off
+    text = verbal_prompt(tiny_lm, cut, tokens)
+    assert "Par<|im_end|>\n<|im_start|>user\n" in text and text.endswith("Confidence: ")
 
 
 def test_expected_confidence_is_the_mean_level():
@@ -109,19 +121,19 @@ def test_expected_confidence_is_the_mean_level():
         expected_confidence(np.ones((2, 4)) / 4, tokens)
 
 
-def test_verbalized_method_matches_a_direct_forward(tiny_lm):
+def test_suffix_readout_equals_a_full_forward_over_the_same_text(tiny_lm):
     records = _records()
     scores = get_method("verbalized", model=tiny_lm, batch_size=2)(records)
     tokens = confidence_tokens(tiny_lm.tokenizer)
     expected = []
     for record in records:
-        ids = _ids(tiny_lm.tokenizer, verbal_prompt(tiny_lm, question_prompt(record.example()), record.response))
+        ids = _ids(tiny_lm.tokenizer, verbal_prompt(tiny_lm, record, tokens))
         with torch.no_grad():
             logits = tiny_lm.model(torch.tensor([ids])).logits[0, -1]
         probs = torch.softmax(logits[tokens.token_ids].double(), -1).numpy()
         expected.append(float(probs @ tokens.scores))
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
-    np.testing.assert_allclose(scores, expected, atol=1e-6)
+    np.testing.assert_allclose(scores, expected, atol=1e-4)
     assert np.ptp(expected) > 1e-6  # the comparison would be empty if all three were identical
 
 

@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 from pydantic import ValidationError
 
 from ..errors import InputError, validation_error
 from ..training.config import TrainConfig
+from ..training.recalibration import apply_recalibration
 from ..training.trainer import train
 from .base import ModelReadoutMethod, Needs
 
@@ -31,10 +33,24 @@ if TYPE_CHECKING:
 
 
 class TrainedMethod(ModelReadoutMethod):
-    """A confidence method whose model is trained on graded answers of the base model (an artifact)."""
+    """A confidence method whose model is trained on graded answers of the base model (an artifact).
+
+    ``raw=True`` reports the read-out before the recalibration fitted at the end of
+    training (:mod:`certa.training.recalibration`); by default it is applied.
+    """
 
     needs: ClassVar[Needs] = Needs.MODEL | Needs.TRAINING
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
+
+    def __init__(self, model: LoadedModel | None = None, *, raw: bool = False, **options: Any):
+        super().__init__(model, raw=raw, **options)
+        self.raw = raw
+
+    def recalibrated(self, confidences: np.ndarray) -> np.ndarray:
+        """The artifact's final recalibration applied to raw read-outs (unless ``raw``)."""
+        if self.raw or self.model is None:
+            return np.asarray(confidences, dtype=float)
+        return apply_recalibration(confidences, (self.model.artifact or {}).get("recalibration"))
 
     @classmethod
     def make_objective(cls, config: TrainConfig) -> Objective:

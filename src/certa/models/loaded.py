@@ -92,6 +92,12 @@ class LoadedModel:
     def has_adapters(self) -> bool:
         return is_peft_model(self.model)
 
+    @property
+    def runs_an_adapter(self) -> bool:
+        """Whether this view's read-outs run with an adapter: its named one, or the model's only one (a
+        model being trained, a user's own PEFT model); never for the base view of a model with named adapters."""
+        return self.adapter is not None or (self.has_adapters and not self.adapters)
+
 
 def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[tuple[str, str]],
                 system: str | None = SYSTEM_PROMPT) -> str:

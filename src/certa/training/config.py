@@ -17,7 +17,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: float = Field(2.0, gt=0, description="passes over the training answers")
+    epochs: float = Field(
+        12.0, gt=0, description="most passes over the training answers (early stopping usually ends sooner)")
     batch_size: int = Field(8, ge=1, description="answers per optimiser step (per process)")
     grad_accum: int = Field(1, ge=1, description="batches accumulated into one optimiser step")
     lr: float = Field(3e-4, gt=0, description="learning rate of the LoRA weights")
@@ -37,6 +38,14 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1, description="checkpoint every N optimiser steps")
     max_length: int = Field(512, ge=16, description="longest training sequence in tokens (the start is cut)")
     seed: int = Field(0, description="seed of the shuffling, dropout and everything random in training")
+    validation_fraction: float = Field(
+        0.2, ge=0, lt=1, description="training answers held out to choose when to stop and to fit the final "
+        "recalibration (stratified by correctness; 0, or fewer than 16 held out: train for all epochs)")
+    eval_every: int | None = Field(
+        None, ge=1, description="optimiser steps between held-out measurements (default: half an epoch)")
+    patience: int = Field(4, ge=1, description="held-out measurements without improvement before stopping")
+    recalibrate: Literal["platt", "none"] = Field(
+        "platt", description="fit sigmoid(a·logit(c)+b) on the held-out answers after training (a ≥ 0)")
 
     def token_learning_rate(self) -> float:
         """Learning rate of added token rows (methods that add tokens set their own)."""

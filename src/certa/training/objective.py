@@ -40,5 +40,11 @@ class Objective(Protocol):
     def loss(self, lm: LoadedModel, batch: dict[str, torch.Tensor], config: TrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
         """The training loss of one batch (adapter enabled) and scalars to log."""
 
+    def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: TrainConfig) -> list[dict[str, Any]]:
+        """Held-out records as items ``collate`` takes (no side effects: nothing is placed or fitted)."""
+
+    def confidences(self, lm: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The read-out of a collated batch: one confidence in [0, 1] per item."""
+
     def artifact_info(self) -> dict[str, Any]:
         """Method-specific facts saved into the artifact's certa.json (token ids, template, ...)."""

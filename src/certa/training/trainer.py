@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ..errors import InputError, MissingDependencyError
 from ..models.artifact import save_artifact
 from .config import TrainConfig
 from .objective import Objective
+from .recalibration import apply_recalibration, fit_platt
+from .validation import EarlyStopping, split_validation, validation_confidences
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -62,9 +65,11 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
 
     set_seed(config.seed)
     objective.prepare(lm, config)
-    items = objective.build_items(lm, records, config)
+    train_records, held_out = split_validation(records, config)
+    items = objective.build_items(lm, train_records, config)
     if not items:
         raise InputError("train: the objective built no training items from the records")
+    validation = objective.validation_items(lm, held_out, config) if held_out else []
     attach_adapter(lm, config, objective.trainable_token_ids(lm))
 
     accelerator = _make_accelerator(lm, config)
@@ -75,17 +80,37 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
     lm.model, optimizer, loader, scheduler = accelerator.prepare(lm.model, optimizer, loader, scheduler)
     _register_adapter_hooks(accelerator)
 
+    stopping = EarlyStopping(config.patience) if validation else None
     start_step = _resume(accelerator, out, config) if resume else 0
-    _run_loop(objective, lm, config, accelerator, optimizer, loader, scheduler, out,
-              start_step=start_step, total_steps=total_steps, progress=progress)
+    if stopping is not None and start_step:
+        stopping = EarlyStopping.load(checkpoint_dirs(out)[-1], config.patience)
+    loop = _Loop(objective, lm, config, accelerator, optimizer, loader, scheduler, out, validation, stopping)
+    steps = loop.run(start_step, total_steps, progress)
 
     accelerator.wait_for_everyone()
     lm.model = accelerator.unwrap_model(lm.model)
-    summary = {"data": data_summary(records, len(items)), "steps": total_steps, **(extra or {})}
+    summary = {"data": data_summary(records, len(items)), "steps": steps, **(extra or {})}
+    if stopping is not None:
+        stopping.restore_best(lm.model)
+        summary["validation"] = _validation_summary(objective, lm, validation, held_out, config, stopping)
+        summary["recalibration"] = summary["validation"].pop("recalibration")
     if accelerator.is_main_process:
         save_artifact(lm, objective.method, objective.artifact_info(), config.model_dump(), out, summary)
     accelerator.wait_for_everyone()
     return out
+
+
+def _validation_summary(objective: Objective, lm: LoadedModel, items: Sequence[dict[str, Any]],
+                        records: Sequence[Record], config: TrainConfig, stopping: EarlyStopping) -> dict[str, Any]:
+    """What the held-out answers decided (the stopping step, their Brier scores) and the fitted recalibration."""
+    lm.model.eval()
+    raw = validation_confidences(objective, lm, items, config)
+    correct = np.array([float(r.correct) for r in records])
+    recalibration = fit_platt(raw, correct) if config.recalibrate == "platt" else {"kind": "none"}
+    recalibrated = apply_recalibration(raw, recalibration)
+    return {"answers": len(records), "accuracy": float(correct.mean()), "best_step": stopping.best_step,
+            "history": stopping.history or [], "brier": float(np.mean((raw - correct) ** 2)),
+            "brier_recalibrated": float(np.mean((recalibrated - correct) ** 2)), "recalibration": recalibration}
 
 
 # ---------------------------------------------------------------- adapter and optimiser
@@ -203,45 +228,71 @@ def _register_adapter_hooks(accelerator: Accelerator) -> None:
 # ---------------------------------------------------------------- the loop
 
 
-def _run_loop(objective: Objective, lm: LoadedModel, config: TrainConfig, accelerator: Accelerator,
-              optimizer: torch.optim.Optimizer, loader: Any, scheduler: Any, out: Path, *,
-              start_step: int, total_steps: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
+class _Loop:
+    """The optimisation loop: steps, logging, checkpoints and (with held-out items) early stopping."""
 
-    steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
-    step = start_step
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {objective.method}",
-               disable=not (progress and accelerator.is_main_process))
-    lm.model.train()
-    last = time.perf_counter()
-    while step < total_steps:
-        # accelerate closes a partial accumulation at the end of each epoch, so a step
-        # number maps to (epoch, batches already consumed in it) without ambiguity.
-        epoch, steps_in_epoch = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)
-        skip = steps_in_epoch * config.grad_accum
-        batches = accelerator.skip_first_batches(loader, skip) if skip else loader
-        for batch in batches:
-            with accelerator.accumulate(lm.model), accelerator.autocast():
-                loss, scalars = objective.loss(lm, batch, config)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            now = time.perf_counter()
-            _log_step(out, accelerator, step, loss, scheduler, {**scalars, "seconds": now - last})
-            last = now
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if step % config.save_every == 0 or step == total_steps:
-                save_checkpoint(accelerator, out, step, config)
-            if step >= total_steps:
-                break
-    bar.close()
-    lm.model.eval()
+    def __init__(self, objective: Objective, lm: LoadedModel, config: TrainConfig, accelerator: Accelerator,
+                 optimizer: torch.optim.Optimizer, loader: Any, scheduler: Any, out: Path,
+                 validation: Sequence[dict[str, Any]], stopping: EarlyStopping | None):
+        self.objective, self.lm, self.config, self.accelerator = objective, lm, config, accelerator
+        self.optimizer, self.loader, self.scheduler, self.out = optimizer, loader, scheduler, out
+        self.validation, self.stopping = validation, stopping
+        self.steps_per_epoch = math.ceil(len(loader) / config.grad_accum)
+        self.eval_every = config.eval_every or max(1, self.steps_per_epoch // 2)
+
+    def run(self, start_step: int, total_steps: int, progress: bool) -> int:
+        """Train from ``start_step``; return the step training ended at."""
+        from tqdm.auto import tqdm
+
+        config, accelerator, lm = self.config, self.accelerator, self.lm
+        step = start_step
+        bar = tqdm(total=total_steps, initial=start_step, desc=f"train {self.objective.method}",
+                   disable=not (progress and accelerator.is_main_process))
+        lm.model.train()
+        last = time.perf_counter()
+        stop = False
+        while step < total_steps and not stop:
+            # accelerate closes a partial accumulation at the end of each epoch, so a step
+            # number maps to (epoch, batches already consumed in it) without ambiguity.
+            epoch, steps_in_epoch = divmod(step, self.steps_per_epoch)
+            self.loader.set_epoch(epoch)
+            skip = steps_in_epoch * config.grad_accum
+            batches = accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
+            for batch in batches:
+                with accelerator.accumulate(lm.model), accelerator.autocast():
+                    loss, scalars = self.objective.loss(lm, batch, config)
+                    accelerator.backward(loss)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                now = time.perf_counter()
+                scalars = {**scalars, "seconds": now - last}
+                if self.stopping is not None and (step % self.eval_every == 0 or step == total_steps):
+                    scalars["val_brier"], stop = self._validate(step)
+                _log_step(self.out, accelerator, step, loss, self.scheduler, scalars)
+                last = time.perf_counter()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if stop or step % config.save_every == 0 or step == total_steps:
+                    save_checkpoint(accelerator, self.out, step, config, self.stopping)
+                if stop or step >= total_steps:
+                    break
+        bar.close()
+        lm.model.eval()
+        return step
+
+    def _validate(self, step: int) -> tuple[float, bool]:
+        """The held-out Brier score now; whether early stopping says to stop."""
+        model = self.lm.model
+        model.eval()
+        records_correct = np.array([it["correct"] for it in self.validation], dtype=float)
+        conf = validation_confidences(self.objective, self.lm, self.validation, self.config)
+        model.train()
+        score = float(np.mean((conf - records_correct) ** 2))
+        return score, self.stopping.update(step, score, self.accelerator.unwrap_model(model))
 
 
 def _log_step(out: Path, accelerator: Accelerator, step: int, loss: torch.Tensor, scheduler: Any,
@@ -266,7 +317,8 @@ def checkpoint_dirs(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, step: int, config: TrainConfig) -> Path:
+def save_checkpoint(accelerator: Accelerator, out: Path, step: int, config: TrainConfig,
+                    stopping: EarlyStopping | None = None) -> Path:
     """Write ``out/checkpoints/step-N`` atomically (temp dir, then rename) and keep the last two."""
     root = out / CHECKPOINT_DIR
     final = root / f"step-{step}"
@@ -279,6 +331,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, step: int, config: Trai
     if accelerator.is_main_process:
         state = {"step": step, "config": json.loads(config.model_dump_json())}
         (tmp / "step.json").write_text(json.dumps(state), encoding="utf-8")
+        if stopping is not None:
+            stopping.save(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoint_dirs(out)[:-KEEP_CHECKPOINTS]:

@@ -8,9 +8,8 @@ registered ``conftuner`` method), ``answers`` (another model's answers) and
 from .answers import read_answers, score_answers
 from .config import ConfTunerConfig
 from .method import ConfTuner, level_diagnostics, level_probabilities, train_conftuner
-from .objective import ConfTunerObjective, verbal_texts
+from .objective import ConfTunerObjective
 from .text import TextConfidences, generate_confidence_text
 
 __all__ = ["ConfTuner", "ConfTunerConfig", "ConfTunerObjective", "TextConfidences", "generate_confidence_text",
-           "level_diagnostics", "level_probabilities", "read_answers", "score_answers", "train_conftuner",
-           "verbal_texts"]
+           "level_diagnostics", "level_probabilities", "read_answers", "score_answers", "train_conftuner"]

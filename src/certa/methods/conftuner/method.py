@@ -12,10 +12,10 @@ import numpy as np
 from ...records import Record
 from ..base import register
 from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, expected_confidence
-from ..readouts import restricted_next_token_probs
+from ..prompting.verbalized import level_probabilities as verbal_levels
 from ..trained import TrainedMethod
 from .config import ConfTunerConfig
-from .objective import METHOD, ConfTunerObjective, verbal_texts
+from .objective import METHOD, ConfTunerObjective
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,13 +28,13 @@ log = logging.getLogger(__name__)
 
 def level_probabilities(lm: LoadedModel, records: Sequence[Record], batch_size: int = 16,
                         progress: bool = False) -> tuple[np.ndarray, ConfidenceTokens]:
-    """The restricted softmax over the confidence-level tokens for each record, [N, levels] (adapter on)."""
-    scale = ((lm.artifact or {}).get("train_config") or {}).get("scale")
-    tokens = confidence_tokens(lm.tokenizer, scale)
-    texts = verbal_texts(lm, records, tokens)
-    with lm.adapter_enabled():
-        probs = restricted_next_token_probs(lm, texts, tokens.token_ids, batch_size=batch_size, progress=progress)
-    return np.asarray(probs, dtype=float), tokens
+    """The restricted softmax over the confidence-level tokens for each record, [N, levels], adapter on."""
+    info = (lm.artifact or {}).get("method_info", {})
+    tokens = confidence_tokens(lm.tokenizer, ((lm.artifact or {}).get("train_config") or {}).get("scale"))
+    probs = verbal_levels(lm, records, tokens, adapter_enabled=lm.runs_an_adapter,
+                          adapter_for_answer=bool(info.get("answers_use_adapter")), batch_size=batch_size,
+                          progress=progress)
+    return probs, tokens
 
 
 def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, 
 class ConfTuner(TrainedMethod):
     """ConfTuner: expected verbalized confidence Σ p_i s_i after tokenized-Brier tuning."""
 
-    cost = "one forward pass over prompt + answer + 'Confidence: ' per answer (adapter on)"
+    cost = "a short suffix step over the answer's KV cache (the follow-up request, adapter on)"
     paper: ClassVar[str] = "ConfTuner (arXiv 2508.18847)"
     config_class = ConfTunerConfig
 
@@ -71,7 +71,7 @@ class ConfTuner(TrainedMethod):
     def score(self, records: Sequence[Record]) -> np.ndarray:
         probs, tokens = level_probabilities(self.model, records, self.batch_size, self.progress)
         self._diagnostics = level_diagnostics(probs, tokens)
-        return np.asarray(expected_confidence(probs, tokens), dtype=float)
+        return self.recalibrated(expected_confidence(probs, tokens))
 
     def diagnostics(self) -> dict[str, Any]:
         return self._diagnostics

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...models.adapters import adapter_state
 from ...models.tensors import left_pad, positions_from_mask
-from ...prompts import question_prompt
 from ...records import Record
 from ...training.losses import IGNORE_INDEX, response_lm_loss, tokenized_brier
-from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, verbal_prompt
+from ..answer_cache import AnswerCache, extend, read_logits
+from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, verbal_inputs
 from ..readouts import restricted_log_softmax
 from .config import ConfTunerConfig
 
@@ -24,14 +25,16 @@ log = logging.getLogger(__name__)
 METHOD = "conftuner"
 
 
-def verbal_texts(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens) -> list[str]:
-    """The verbal read-out prompt of each record: its question, its own response, then ``Confidence: ``."""
-    return [verbal_prompt(lm, question_prompt(r.example()), r.response, tokens) for r in records]
-
-
 class ConfTunerObjective:
-    """No added tokens; the restricted softmax over the confidence levels after ``Confidence: `` is
-    trained with the tokenized Brier score (plus λ·LM loss on the response in ``full`` mode)."""
+    """No added tokens; the restricted softmax over the confidence levels after the verbal suffix is
+    trained with the tokenized Brier score.
+
+    ``suffix`` mode (default): prompt and answer are encoded once without
+    gradients by the base model and the adapter runs on the suffix alone — the
+    same computation as the read-out, and far cheaper than a full forward.
+    ``full`` mode (the paper's): the adapter runs over the whole sequence, with
+    λ·LM loss on the response tokens.
+    """
 
     method = METHOD
 
@@ -46,57 +49,79 @@ class ConfTunerObjective:
         return []
 
     def build_items(self, lm: LoadedModel, records: Sequence[Record], config: ConfTunerConfig) -> list[dict[str, Any]]:
-        """One item per graded record: the verbal prompt's token ids and the label y = ``record.correct``.
-
-        In ``full`` mode each item also carries LM labels on its response tokens.
-        """
+        """One item per graded record: prompt, answer and suffix token ids, and the label y = ``record.correct``."""
         items = []
         truncated = 0
-        for record, text in zip(records, verbal_texts(lm, records, self._tokens()), strict=True):
-            encoded = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=config.mode == "full")
-            ids = list(encoded["input_ids"])
-            item: dict[str, Any] = {"input_ids": ids, "correct": float(record.correct)}
-            if config.mode == "full":
-                item["labels"] = _response_labels(ids, encoded["offset_mapping"], text, record.response)
-            if len(ids) > config.max_length:
-                # The read-out is the last position, so the start of the prompt is what goes.
+        for record, (prompt, response, suffix) in zip(records, verbal_inputs(lm, records, self._tokens()),
+                                                      strict=True):
+            overflow = len(prompt) + len(response) + len(suffix) - config.max_length
+            if overflow > 0:  # the read-out is at the end, so the start of the prompt is what goes
                 truncated += 1
-                item = {k: v[-config.max_length:] if isinstance(v, list) else v for k, v in item.items()}
-            items.append(item)
+                prompt = prompt[min(overflow, len(prompt)):]
+            items.append({"prompt": prompt, "response": response, "suffix": suffix, "correct": float(record.correct)})
         if truncated:
             log.warning("conftuner: %d of %d training prompts cut to their last %d tokens (max_length)",
                         truncated, len(items), config.max_length)
         return items
 
-    def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Left-pad to the longest item; position ids count real tokens only, as in generation."""
-        input_ids, mask = left_pad([it["input_ids"] for it in items], lm.tokenizer.pad_token_id)
-        batch = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions_from_mask(mask),
-                 "correct": torch.tensor([it["correct"] for it in items], dtype=torch.float32)}
-        if "labels" in items[0]:
-            batch["labels"], _ = left_pad([it["labels"] for it in items], IGNORE_INDEX)
+    def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: ConfTunerConfig
+                         ) -> list[dict[str, Any]]:
+        return self.build_items(lm, records, config)  # building ConfTuner's items changes nothing
+
+    def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Suffix mode: the left-padded prefix, each answer's last token and the suffixes; full mode: the whole
+        left-padded sequence with LM labels on the response. Position ids count real tokens only."""
+        pad = lm.tokenizer.pad_token_id
+        batch: dict[str, Any] = {"correct": torch.tensor([it["correct"] for it in items], dtype=torch.float32)}
+        if self.config.mode == "full":
+            batch["input_ids"], batch["attention_mask"] = left_pad(
+                [it["prompt"] + it["response"] + it["suffix"] for it in items], pad)
+            batch["labels"], _ = left_pad([[IGNORE_INDEX] * len(it["prompt"]) + it["response"]
+                                           + [IGNORE_INDEX] * len(it["suffix"]) for it in items], IGNORE_INDEX)
+        else:
+            batch["input_ids"], batch["attention_mask"] = left_pad(
+                [it["prompt"] + it["response"][:-1] for it in items], pad)
+            batch["last_tokens"] = torch.tensor([it["response"][-1] for it in items])
+            batch["suffixes"] = [it["suffix"] for it in items]
         return batch
 
-    def loss(self, lm: LoadedModel, batch: dict[str, torch.Tensor], config: ConfTunerConfig
+    def loss(self, lm: LoadedModel, batch: dict[str, Any], config: ConfTunerConfig
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Tokenized Brier over the restricted softmax at the last position (+ λ·LM loss in full mode)."""
-        tokens = self._tokens()
-        full = "labels" in batch
-        out = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"], logits_to_keep=0 if full else 1)
-        probs = restricted_log_softmax(out.logits[:, -1], tokens.token_ids).exp()
-        scores = torch.tensor(tokens.scores, dtype=probs.dtype, device=probs.device)
+        """Tokenized Brier over the restricted softmax at the read-out (+ λ·LM loss in full mode)."""
+        probs, logits = self._levels(lm, batch)
+        scores = torch.tensor(self._tokens().scores, dtype=probs.dtype, device=probs.device)
         brier = tokenized_brier(probs, batch["correct"].to(probs.device), scores)
         scalars = {"brier": float(brier.detach()), "mean_confidence": float((probs @ scores).mean().detach())}
-        if not full:
+        if logits is None:
             return brier, scalars
-        lm_loss = response_lm_loss(out.logits, batch["labels"].to(out.logits.device))
+        lm_loss = response_lm_loss(logits, batch["labels"].to(logits.device))
         scalars["lm_loss"] = float(lm_loss.detach())
         return brier + config.lm_loss_weight * lm_loss, scalars
 
+    def confidences(self, lm: LoadedModel, batch: dict[str, Any]) -> torch.Tensor:
+        """The expected confidence Σ p_i s_i, as the method reads it."""
+        probs, _ = self._levels(lm, batch)
+        return probs @ torch.tensor(self._tokens().scores, dtype=probs.dtype, device=probs.device)
+
+    def _levels(self, lm: LoadedModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The restricted softmax over the levels, and (full mode with an LM loss) the whole sequence's logits."""
+        mask = batch["attention_mask"]
+        if self.config.mode == "full":
+            with_lm = self.config.lm_loss_weight > 0
+            out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask),
+                           logits_to_keep=0 if with_lm else 1)
+            return restricted_log_softmax(out.logits[:, -1], self._tokens().token_ids).exp(), \
+                (out.logits if with_lm else None)
+        with torch.no_grad(), adapter_state(lm.model, False):
+            prefix = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
+                              position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
+        cache = AnswerCache(prefix.past_key_values, mask, batch["last_tokens"])
+        logits = read_logits(extend(lm.model, cache, batch["suffixes"]), batch["suffixes"])
+        return restricted_log_softmax(logits, self._tokens().token_ids).exp(), None
+
     def artifact_info(self) -> dict[str, Any]:
         tokens = self._tokens()
-        return {"readout": "expected confidence over the verbal level tokens after 'Confidence: '",
+        return {"readout": "expected confidence over the verbal level tokens after the follow-up 'Confidence:'",
                 "mode": self.config.mode, "answers_use_adapter": self.config.mode == "full",
                 "confidence_tokens": {"token_ids": [int(t) for t in tokens.token_ids],
                                       "scores": [float(s) for s in tokens.scores],
@@ -106,13 +131,3 @@ class ConfTunerObjective:
         if self.tokens is None:
             raise RuntimeError("ConfTunerObjective.prepare must run before build_items/loss")
         return self.tokens
-
-
-def _response_labels(ids: list[int], offsets: Sequence[tuple[int, int]], text: str, response: str) -> list[int]:
-    """LM labels for the tokens that lie inside the response's span of ``text``; -100 elsewhere."""
-    answer = response.strip()
-    start = text.rfind(answer) if answer else -1
-    if start < 0:
-        return [IGNORE_INDEX] * len(ids)
-    end = start + len(answer)
-    return [t if start <= a and b <= end and b > a else IGNORE_INDEX for t, (a, b) in zip(ids, offsets, strict=True)]

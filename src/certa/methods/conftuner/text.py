@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from ...models.tensors import left_pad
 from ...records import Record
-from ..prompting.verbalized import confidence_tokens, parse_confidence
-from .objective import verbal_texts
+from ..prompting.verbalized import confidence_tokens, parse_confidence, verbal_inputs
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -48,16 +48,14 @@ def generate_confidence_text(lm: LoadedModel, records: Sequence[Record], *, max_
     Unparseable texts are kept as NaN and counted (``failures``), never dropped.
     """
     tokens = confidence_tokens(lm.tokenizer)
-    texts = verbal_texts(lm, records, tokens)
+    sequences = [p + r + s for p, r, s in verbal_inputs(lm, records, tokens)]
     written: list[str] = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        enc = lm.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+    for start in range(0, len(sequences), batch_size):
+        ids, mask = left_pad(sequences[start:start + batch_size], lm.tokenizer.pad_token_id, lm.device)
         with torch.no_grad(), lm.adapter_enabled():
-            out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                    pad_token_id=lm.tokenizer.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
-        written.extend(lm.tokenizer.batch_decode(new, skip_special_tokens=True))
+            out = lm.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=lm.tokenizer.pad_token_id)
+        written.extend(lm.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True))
     # The prompt ends inside "Confidence: N", so the cue is put back in front before parsing.
     values = [parse_confidence(tokens.cue + w, scale=tokens.scale) for w in written]
     parsed = np.array([np.nan if v is None else float(v) for v in values])

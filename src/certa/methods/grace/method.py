@@ -48,19 +48,21 @@ class Grace(TrainedMethod):
         require_hidden_states(records)
 
     def generation_hooks(self) -> list[Any]:
-        return [GraceHook()]
+        return [GraceHook(calibrate=self.recalibrated)]
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        """Confidences read during generation by this very artifact are reused; the rest are read offline."""
+        """Confidences read during generation by this very artifact are reused (the hook stored them
+        recalibrated); the rest are read offline."""
         lm = self.model
         assert lm is not None
         info = (lm.artifact or {}).get("method_info", {})
-        scores = np.array([_read_by(r, self.name, lm.artifact_id) for r in records], dtype=float)
+        # Generation stores recalibrated confidences, so the raw read-out is always read offline.
+        scores = np.array([np.nan if self.raw else _read_by(r, self.name, lm.artifact_id) for r in records])
         todo = np.flatnonzero(np.isnan(scores))
         if len(todo):
-            scores[todo] = offline_confidence(
+            scores[todo] = self.recalibrated(offline_confidence(
                 lm, [records[i] for i in todo], readout=info.get("readout", "step"),
-                adapter_for_answer=bool(info.get("answers_use_adapter", False)), batch_size=self.batch_size)
+                adapter_for_answer=bool(info.get("answers_use_adapter", False)), batch_size=self.batch_size))
         return scores
 
 

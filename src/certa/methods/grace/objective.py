@@ -13,8 +13,9 @@ from ...models.tensors import left_pad, positions_from_mask
 from ...records import Record
 from ...training.losses import grace_calibration_loss, response_lm_loss
 from ...training.targets import soft_targets
+from ..answer_cache import AnswerCache, answer_ids
 from .config import GraceConfig
-from .readout import CNF_TOKEN, cnf_token_id, free_readout, readout_step, split_record
+from .readout import CNF_TOKEN, cnf_token_id, free_readout, readout_step
 from .token import add_cnf_token, init_sample, mean_target, place_cnf_row, readout_states
 
 if TYPE_CHECKING:
@@ -51,15 +52,23 @@ class GraceObjective:
         require_hidden_states(records)
         target = soft_targets([r.hidden_state for r in records], [r.correct for r in records],
                               kind=config.targets, bins=config.bins, folds=config.folds, seed=config.seed)
-        items = []
-        for record, t in zip(records, target, strict=True):
-            prompt, response = truncate(*split_record(lm, record), config.max_length)
-            items.append({"prompt": prompt, "response": response, "target": float(t),
-                          "hidden": record.hidden_state})
+        items = self._items(lm, records, target, config)
         self.init_rate = mean_target(items)
         sample = init_sample(items, config.init_sample, config.seed)
         place_cnf_row(lm, self._cnf(lm), readout_states(lm, sample, config.readout, config.batch_size),
                       self.init_rate)
+        return items
+
+    def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: GraceConfig) -> list[dict[str, Any]]:
+        return self._items(lm, records, [r.correct for r in records], config)
+
+    def _items(self, lm: LoadedModel, records: Sequence[Record], targets: Sequence[float],
+               config: GraceConfig) -> list[dict[str, Any]]:
+        items = []
+        for record, t in zip(records, targets, strict=True):
+            prompt, response = truncate(*answer_ids(lm, record), config.max_length)
+            items.append({"prompt": prompt, "response": response, "target": float(t), "correct": float(record.correct),
+                          "hidden": record.hidden_state})
         return items
 
     def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -79,24 +88,31 @@ class GraceObjective:
 
     def loss(self, lm: LoadedModel, batch: dict[str, torch.Tensor],
              config: GraceConfig) -> tuple[torch.Tensor, dict[str, float]]:
+        conf, logits = self._readout(lm, batch)
+        calibration = grace_calibration_loss(conf, batch["target"], config.calibration_loss)
+        scalars = {"conf_mean": conf.mean().item()}
+        if logits is None:
+            return calibration, scalars
+        lm_loss = response_lm_loss(logits, batch["labels"])
+        scalars.update(calibration=calibration.item(), lm_loss=lm_loss.item())
+        return calibration + config.lm_loss_weight * lm_loss, scalars
+
+    def confidences(self, lm: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._readout(lm, batch)[0]
+
+    def _readout(self, lm: LoadedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """P(<CNF>) after each answer, and (full mode) the logits over the whole sequence for the LM loss."""
         cnf_id = self._cnf(lm)
-        target = batch["target"]
-        if config.readout == "free":
-            conf = free_readout(lm.model, batch["hidden"], cnf_id)
-            return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
+        if self.config.readout == "free":
+            return free_readout(lm.model, batch["hidden"], cnf_id), None
         mask = batch["attention_mask"]
-        if config.mode == "full":
+        if self.config.mode == "full":
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask))
-            conf = out.logits[:, -1].float().softmax(-1)[:, cnf_id]
-            calibration = grace_calibration_loss(conf, target, config.calibration_loss)
-            lm_loss = response_lm_loss(out.logits, batch["labels"])
-            return calibration + config.lm_loss_weight * lm_loss, {
-                "calibration": calibration.item(), "lm_loss": lm_loss.item(), "conf_mean": conf.mean().item()}
+            return out.logits[:, -1].float().softmax(-1)[:, cnf_id], out.logits
         with torch.no_grad(), adapter_state(lm.model, False):
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
                            position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
-        conf = readout_step(lm.model, out.past_key_values, mask, batch["last_tokens"], cnf_id)
-        return grace_calibration_loss(conf, target, config.calibration_loss), {"conf_mean": conf.mean().item()}
+        return readout_step(lm.model, AnswerCache(out.past_key_values, mask, batch["last_tokens"]), cnf_id), None
 
     def artifact_info(self) -> dict[str, Any]:
         c = self.config

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ...models.adapters import adapter_state, unwrap
+from ...models.adapters import unwrap
 from ...models.vocab import add_special_token, embedding_matrices
-from .readout import CNF_TOKEN, encode_prefix, step_forward
+from ..answer_cache import encode_answers, extend
+from .readout import CNF_TOKEN
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -59,12 +60,10 @@ def readout_states(lm: LoadedModel, items: Sequence[dict[str, Any]], readout: st
     chunks = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        prefix = encode_prefix(lm.model, [it["prompt"] + it["response"][:-1] for it in batch],
-                               [it["response"][-1] for it in batch], lm.tokenizer.pad_token_id, adapter=False)
-        with torch.no_grad(), adapter_state(lm.model, False):
-            out = step_forward(lm.model, prefix.past_key_values, prefix.cache_mask, prefix.last_tokens,
-                               hidden=True, adapter_enabled=False)
-        chunks.append(out.hidden_states[-1][:, -1])
+        cache = encode_answers(lm.model, [(it["prompt"], it["response"]) for it in batch], lm.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = extend(lm.model, cache, adapter_enabled=False, hidden=True)
+        chunks.append(out.hidden_states[-1][:, 0])
     return torch.cat(chunks)
 
 

@@ -1,12 +1,15 @@
 """Verbalized confidence: the model states how sure it is, as ``Confidence: N``.
 
-Two read-outs share the helpers here. For a model certa can see inside, the
-prompt ends right before the confidence token and the confidence is the
-expected level under the next-token distribution restricted to the level
-tokens (continuous, nothing to parse). For text a model wrote — a black-box
-API, a tuned model's free generation — :func:`parse_confidence` reads the
-number, and an unreadable answer is a counted failure (``None``), never a
-silent default.
+Two read-outs share the helpers here. For a model certa can see inside, a
+short follow-up turn after the answer asks for a confidence and the
+assistant's reply opens with ``Confidence:``; the confidence is the expected
+level under the next-token distribution restricted to the level tokens
+(continuous, nothing to parse). The follow-up is a *suffix* of prompt + answer,
+so it costs only its own tokens over the answer's KV cache
+(:mod:`certa.methods.answer_cache`) and ConfTuner trains and reads exactly the
+same suffix. For text a model wrote — a black-box API, a tuned model's free
+generation — :func:`parse_confidence` reads the number, and an unreadable
+answer is a counted failure (``None``), never a silent default.
 
 The level tokens (SPEC §2): ``T_100`` = "0".."100" with score i/100 when each
 is a single token after ``Confidence:``, else ``T_9`` = "0".."9" with score
@@ -27,12 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from ...errors import CertaError, InputError
-from ...prompts import question_prompt
+from ...models import end_token_ids, render_chat
 from ...records import Record
+from ..answer_cache import answer_ids, encode_answers, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
-from ..readouts import continuation_token_ids, restricted_next_token_probs
+from ..readouts import continuation_token_ids, restricted_log_softmax
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -50,8 +56,11 @@ __all__ = [
     "confidence_tokens",
     "expected_confidence",
     "format_confidence",
+    "level_probabilities",
     "parse_confidence",
+    "verbal_inputs",
     "verbal_prompt",
+    "verbal_suffix",
 ]
 
 
@@ -108,25 +117,92 @@ def confidence_tokens(tokenizer: PreTrainedTokenizerBase, scale: int | None = No
 
 
 def confidence_instruction(tokens: ConfidenceTokens) -> str:
-    """The sentence added to the user message asking for a confidence on the tokens' scale."""
+    """The follow-up request for a confidence on the tokens' scale."""
     return (
-        f"After your answer, write 'Confidence: ' and a whole number from 0 to {tokens.scale} for how "
-        f"likely your answer is correct ({tokens.scale} = surely correct, 0 = surely wrong)."
+        f"How likely is your answer to be correct? Reply with 'Confidence: ' and a whole number from 0 to "
+        f"{tokens.scale} ({tokens.scale} = surely correct, 0 = surely wrong)."
     )
 
 
-def verbal_prompt(
-    lm: LoadedModel, question_prompt_text: str, response: str, tokens: ConfidenceTokens | None = None
-) -> str:
-    """The chat text whose next token is the confidence level for ``response``.
+_ANSWER_MARK = "\x00certa-answer\x00"
 
-    The user turn asks for an answer and a confidence; the assistant turn is
-    the answer followed by ``"\\nConfidence: "`` (see :class:`ConfidenceTokens`
-    for where the space goes). Pass ``tokens`` when building many prompts.
+
+@dataclass(frozen=True)
+class VerbalSuffix:
+    """The text that follows an answer and ends right before the confidence level.
+
+    A chat model gets a follow-up turn (the request, then an assistant turn
+    opening with ``Confidence:``); a model without a chat template gets the
+    request and the cue on the next lines. ``after_end`` follows an answer that
+    ended its turn; ``after_cut`` one cut at the length limit (it closes the turn first).
     """
+
+    after_end: str
+    after_cut: str
+
+
+def verbal_suffix(lm: LoadedModel, tokens: ConfidenceTokens) -> VerbalSuffix:
+    """The verbal read-out's suffix for ``lm``'s prompt format (see :class:`VerbalSuffix`)."""
+    instruction = confidence_instruction(tokens)
+    cue = tokens.cue.lstrip("\n")
+    if not getattr(lm.tokenizer, "chat_template", None):
+        # Few-shot answers end with their newline (the stop string), which stays in the answer.
+        text = f"{instruction}\n{cue}"
+        return VerbalSuffix(after_end=text, after_cut="\n" + text)
+    rendered = render_chat(lm.tokenizer, [("user", "?"), ("assistant", _ANSWER_MARK), ("user", instruction)])
+    after = rendered.split(_ANSWER_MARK, 1)[1] + cue
+    end_text = lm.tokenizer.decode(end_token_ids(lm)[-1:])
+    after_end = after[len(end_text):] if end_text and after.startswith(end_text) else after
+    return VerbalSuffix(after_end=after_end, after_cut=after)
+
+
+def verbal_suffix_ids(lm: LoadedModel, responses: Sequence[Sequence[int]], tokens: ConfidenceTokens) -> list[list[int]]:
+    """Per answer (its token ids), the suffix ids after which the next token is the confidence level."""
+    suffix = verbal_suffix(lm, tokens)
+    ends = set(end_token_ids(lm))
+    encode = {text: lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+              for text in (suffix.after_end, suffix.after_cut)}
+    return [list(encode[suffix.after_end if ids and ids[-1] in ends else suffix.after_cut]) for ids in responses]
+
+
+def verbal_inputs(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens
+                  ) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt ids, answer ids, suffix ids) of each record's verbal read-out."""
+    pairs = [answer_ids(lm, r) for r in records]
+    suffixes = verbal_suffix_ids(lm, [response for _, response in pairs], tokens)
+    return [(p, r, s) for (p, r), s in zip(pairs, suffixes, strict=True)]
+
+
+def verbal_prompt(lm: LoadedModel, record: Record, tokens: ConfidenceTokens | None = None) -> str:
+    """The full text whose next token is the confidence level for ``record``'s answer (for reading and tests)."""
     tokens = tokens or confidence_tokens(lm.tokenizer)
-    user = f"{question_prompt_text}\n{confidence_instruction(tokens)}"
-    return lm.chat_prompt(user) + response.strip() + tokens.cue
+    ((prompt, response, suffix),) = verbal_inputs(lm, [record], tokens)
+    return lm.tokenizer.decode(prompt + response + suffix)
+
+
+def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens, *,
+                        adapter_enabled: bool, adapter_for_answer: bool = False, batch_size: int = 16,
+                        progress: bool = False) -> np.ndarray:
+    """The restricted softmax over the level tokens after each record's verbal suffix, ``[N, levels]``.
+
+    Prompt and answer are encoded once with the base model (or with the adapter,
+    ``adapter_for_answer``, for a model trained over its answers); the suffix
+    runs with ``lm``'s adapter when ``adapter_enabled``. Batches group answers
+    of similar length; rows come back in input order.
+    """
+    inputs = verbal_inputs(lm, records, tokens)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][0]) + len(inputs[i][1]))
+    out = np.empty((len(inputs), len(tokens.token_ids)))
+    for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
+        rows = order[start:start + batch_size]
+        cache = encode_answers(lm.model, [inputs[i][:2] for i in rows], lm.tokenizer.pad_token_id,
+                               adapter_enabled=adapter_for_answer, adapter_name=lm.adapter)
+        suffixes = [inputs[i][2] for i in rows]
+        with torch.no_grad():
+            logits = read_logits(extend(lm.model, cache, suffixes, adapter_enabled=adapter_enabled,
+                                        adapter_name=lm.adapter), suffixes)
+        out[rows] = restricted_log_softmax(logits, tokens.token_ids).exp().cpu().numpy()
+    return out
 
 
 def expected_confidence(probs: np.ndarray, tokens: ConfidenceTokens) -> np.ndarray:
@@ -220,21 +296,18 @@ def format_confidence(confidence: float, *, scale: int = 100) -> str:
 class Verbalized(ModelReadoutMethod):
     """Asks the untrained model for 'Confidence: N' after its answer; reads the expected level.
 
-    The answer is the record's own response; the confidence is Σ p_i s_i over
-    the level tokens at the position after ``"Confidence: "``, read with any
-    trained adapter switched off so this stays the base-model baseline.
+    The answer is the record's own response; a follow-up turn asks for a
+    confidence and the assistant's reply opens with ``Confidence:``; the
+    confidence is Σ p_i s_i over the level tokens there, read with every
+    trained adapter off, so this stays the base-model baseline.
     """
 
     needs = Needs.MODEL
-    cost = "1 forward pass over prompt+answer"
+    cost = "a short suffix step over the answer's KV cache (the follow-up request, ~40 tokens)"
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL
-        lm = self.model
-        tokens = confidence_tokens(lm.tokenizer)
-        texts = [verbal_prompt(lm, question_prompt(r.example()), r.response, tokens) for r in records]
-        with lm.adapter_disabled():
-            probs = restricted_next_token_probs(
-                lm, texts, tokens.token_ids, batch_size=self.batch_size, progress=self.progress
-            )
+        tokens = confidence_tokens(self.model.tokenizer)
+        probs = level_probabilities(self.model, records, tokens, adapter_enabled=False,
+                                    batch_size=self.batch_size, progress=self.progress)
         return expected_confidence(probs, tokens)

@@ -1,0 +1,124 @@
+"""The answer's KV cache, encoded once, and the read-outs that extend it by a few tokens.
+
+GrACE, ConfTuner and verbalized confidence all read a next-token distribution
+*after* the answer: GrACE one step later (P(<CNF>)), the verbal read-outs after
+a short follow-up turn that asks for a confidence and ends in ``Confidence:``.
+Each is a suffix of prompt + answer, so the prompt and the answer are encoded
+once (:func:`encode_answers`, with the base model) and a read-out costs only
+its suffix tokens (:func:`extend`), with whichever adapter the method reads
+with. Training runs the same two calls, with gradients through the suffix.
+
+The cache covers prompt + answer minus the answer's last token: that token is
+fed first in every suffix, exactly as after HF ``generate`` (which never feeds
+its final token), so one code path serves offline scoring and the generation hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError
+from ..models import end_token_ids
+from ..models.adapters import adapter_state
+from ..models.tensors import cache_length, crop_cache, left_pad, positions_from_mask
+from ..prompts import question_prompt
+from ..records import Record
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+
+
+@dataclass
+class AnswerCache:
+    """A batch of prompt + answer[:-1], encoded: the state every suffix read-out extends."""
+
+    past_key_values: Any        # KV cache over the encoded slots
+    mask: torch.Tensor          # [B, L] 1 on real tokens of the cache, 0 on padding or slots to ignore
+    last_tokens: torch.Tensor   # [B] each answer's last token, not yet fed
+    last_hidden: torch.Tensor | None = None  # [B, H] final-layer state at the last encoded slot
+
+
+def prompt_ids(lm: LoadedModel, record: Record) -> list[int]:
+    """Token ids of the exact prompt text the answer was generated from (chat template included); for an
+    answer that comes without its prompt (another model's), certa's own prompt for its question."""
+    text = record.prompt or lm.chat_prompt(question_prompt(record.example()))
+    return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def response_ids(lm: LoadedModel, record: Record) -> list[int]:
+    """The answer's own token ids when generation stored them (no re-tokenisation), else its text's,
+    taken as a finished turn (the end-of-turn token appended), as generation records an answer."""
+    if record.token_ids:
+        return list(record.token_ids)
+    return lm.tokenizer(record.response, add_special_tokens=False)["input_ids"] + end_token_ids(lm)[-1:]
+
+
+def answer_ids(lm: LoadedModel, record: Record) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of a record; an empty response is an error naming it."""
+    response = response_ids(lm, record)
+    if not response:
+        raise InputError(f"record {record.id!r}: empty response, nothing to read a confidence after")
+    return prompt_ids(lm, record), response
+
+
+def encode_answers(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, *,
+                   adapter_enabled: bool = False, adapter_name: str | None = None,
+                   hidden: bool = False) -> AnswerCache:
+    """Encode prompt + response[:-1] of each pair once, without gradients (the base model unless told)."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad([list(p) + list(r[:-1]) for p, r in pairs], pad_id, device)
+    with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
+                    use_cache=True, output_hidden_states=hidden, logits_to_keep=1)
+    last = torch.tensor([r[-1] for _, r in pairs], device=device)
+    return AnswerCache(out.past_key_values, mask, last, out.hidden_states[-1][:, -1] if hidden else None)
+
+
+def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequence[int]] | None = None, *,
+           adapter_enabled: bool = True, adapter_name: str | None = None, hidden: bool = False) -> Any:
+    """Feed each row's last answer token plus its suffix after the cache; return the model output.
+
+    ``suffixes`` may differ in length per row: they are right-padded, and
+    :func:`last_positions` says where each row's read-out is. Position ids
+    continue each row's count of real tokens. Gradients flow when called outside
+    ``no_grad`` (training). The cache is cropped back afterwards, so several
+    read-outs can extend the same cache one after another.
+    """
+    rows = cache.last_tokens.shape[0]
+    suffixes = [list(s) for s in suffixes] if suffixes is not None else [[] for _ in range(rows)]
+    width = 1 + max(len(s) for s in suffixes)
+    device = cache.last_tokens.device
+    ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+    fed = torch.zeros((rows, width), dtype=torch.long, device=device)
+    for i, suffix in enumerate(suffixes):
+        row = [int(cache.last_tokens[i])] + suffix
+        ids[i, :len(row)] = torch.tensor(row, device=device)
+        fed[i, :len(row)] = 1
+    start = cache.mask.long().sum(-1, keepdim=True)
+    positions = start + torch.arange(width, device=device)[None, :]
+    before = cache_length(cache.past_key_values)
+    try:
+        with adapter_state(model, adapter_enabled, adapter_name):
+            return model(input_ids=ids, attention_mask=torch.cat([cache.mask.long(), fed], dim=-1),
+                         position_ids=positions, past_key_values=cache.past_key_values, use_cache=True,
+                         output_hidden_states=hidden)
+    finally:
+        crop_cache(cache.past_key_values, before)
+
+
+def last_positions(suffixes: Sequence[Sequence[int]] | None, rows: int) -> torch.Tensor:
+    """Index of each row's last fed token in :func:`extend`'s output (its read-out position)."""
+    if suffixes is None:
+        return torch.zeros(rows, dtype=torch.long)
+    return torch.tensor([len(s) for s in suffixes], dtype=torch.long)
+
+
+def read_logits(output: Any, suffixes: Sequence[Sequence[int]] | None) -> torch.Tensor:
+    """Logits at each row's read-out position, ``[B, V]``, from :func:`extend`'s output."""
+    logits = output.logits
+    index = last_positions(suffixes, logits.shape[0]).to(logits.device)
+    return logits[torch.arange(logits.shape[0], device=logits.device), index]
