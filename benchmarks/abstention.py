@@ -1,6 +1,6 @@
 """Does certified abstention keep its promise, and what coverage does it cost?
 
-Synthetic part (runs now, about a minute on one core): streams with a known error curve
+Synthetic part (runs now, about 15 s on one core): streams with a known error curve
 P(error | confidence = c) and confidence ~ U(0, 1), so the expected error of the answers a threshold
 keeps, R(t) = E[error | C >= t], has a closed form. For each of ``--splits`` calibration draws it
 certifies a threshold with :func:`certa.uses.selective.certify_threshold` and records

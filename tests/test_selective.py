@@ -300,7 +300,7 @@ def _bump_risk(t):
     return (0.2 * u**2 + 0.3 * np.clip(0.03 - np.maximum(t - 0.97, 0), 0, None)) / u
 
 
-def _simulate(error, risk, *, partial=False, bound="auto", seed=0):
+def _simulate(error, risk, *, partial=False, bound="auto", starts=3, seed=0):
     """Violation frequencies (expected and realized test error) and the mean coverage over SPLITS draws."""
     rng = np.random.default_rng(seed)
     conf = rng.random((SPLITS, N_CAL))
@@ -311,7 +311,7 @@ def _simulate(error, risk, *, partial=False, bound="auto", seed=0):
     expected = realized = 0
     coverage = np.zeros(SPLITS)
     for s in range(SPLITS):
-        found = certify_threshold(conf[s], 1 - loss[s], TARGET, DELTA, bound)
+        found = certify_threshold(conf[s], 1 - loss[s], TARGET, DELTA, bound, starts=starts)
         if found is None:
             continue                                      # abstain on everything: no violation
         t = found.threshold
@@ -334,13 +334,14 @@ def test_the_known_risk_curves_are_right():
             assert np.mean(error(c[c >= t])) == pytest.approx(risk(t), abs=3e-3)
 
 
-@pytest.mark.parametrize("error, risk, partial, bound", [
-    (_linear_error, _linear_risk, False, "binomial"),
-    (_linear_error, _linear_risk, True, "hoeffding_bentkus"),
-    (_bump_error, _bump_risk, False, "binomial"),
-], ids=["linear-binomial", "linear-partial-credit-HB", "overconfident-top-binomial"])
-def test_guarantee_holds_over_500_calibration_draws(error, risk, partial, bound):
-    expected, realized, coverage = _simulate(error, risk, partial=partial, bound=bound)
+@pytest.mark.parametrize("error, risk, partial, bound, starts", [
+    (_linear_error, _linear_risk, False, "binomial", 3),
+    (_linear_error, _linear_risk, False, "binomial", 1),     # one sequence: the tightest, closest to delta
+    (_linear_error, _linear_risk, True, "hoeffding_bentkus", 3),
+    (_bump_error, _bump_risk, False, "binomial", 3),
+], ids=["linear-binomial", "linear-binomial-one-start", "linear-partial-credit-HB", "overconfident-top-binomial"])
+def test_guarantee_holds_over_500_calibration_draws(error, risk, partial, bound, starts):
+    expected, realized, coverage = _simulate(error, risk, partial=partial, bound=bound, starts=starts)
     assert expected <= DELTA + SLACK
     assert realized <= DELTA + SLACK
     if error is _linear_error:
