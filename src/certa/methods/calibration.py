@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
+from ..recalibration import fit_map
 from ..records import Record
 from .base import ConfidenceMethod, Needs, check_scores, method_class, register
-from .fitting import correctness, fit_soft_logistic, not_fitted
+from .fitting import correctness, not_fitted
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -112,14 +113,10 @@ class Platt(Calibrator):
     """Platt scaling: sigmoid(a · logit(score) + b), fitted by logistic regression."""
 
     def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
-        # Nearly unregularised: two parameters cannot overfit, and a penalty would pull a toward 0.
-        from sklearn.linear_model import LogisticRegression
-
-        self._model = fit_soft_logistic(_logit(scores)[:, None], targets, LogisticRegression(C=1e4),
-                                        who=self.name)
+        self._map = fit_map(scores, targets, "platt")
 
     def _apply_map(self, scores: np.ndarray) -> np.ndarray:
-        return self._model.predict_proba(_logit(scores)[:, None])[:, 1]
+        return self._map(scores)
 
 
 @register("temperature")
@@ -162,9 +159,7 @@ class Isotonic(Calibrator):
     """Isotonic regression: the best non-decreasing step map from score to accuracy (scikit-learn)."""
 
     def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
-        from sklearn.isotonic import IsotonicRegression
-
-        self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, targets)
+        self._map = fit_map(scores, targets, "isotonic")
 
     def _apply_map(self, scores: np.ndarray) -> np.ndarray:
-        return self._model.predict(scores)
+        return self._map(scores)

@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from ..errors import InputError, validation_error
+from ..recalibration import CalibrationMap
 from ..training.config import TrainConfig
-from ..training.recalibration import apply_recalibration
 from ..training.trainer import train
 from .base import ModelReadoutMethod, Needs
 
@@ -36,7 +36,7 @@ class TrainedMethod(ModelReadoutMethod):
     """A confidence method whose model is trained on graded answers of the base model (an artifact).
 
     ``raw=True`` reports the read-out before the recalibration fitted at the end of
-    training (:mod:`certa.training.recalibration`); by default it is applied.
+    training (:mod:`certa.recalibration`); by default it is applied.
     """
 
     needs: ClassVar[Needs] = Needs.MODEL | Needs.TRAINING
@@ -48,9 +48,10 @@ class TrainedMethod(ModelReadoutMethod):
 
     def recalibrated(self, confidences: np.ndarray) -> np.ndarray:
         """The artifact's final recalibration applied to raw read-outs (unless ``raw``)."""
-        if self.raw or self.model is None:
+        stored = (self.model.artifact or {}).get("recalibration") if self.model is not None else None
+        if self.raw or not stored:
             return np.asarray(confidences, dtype=float)
-        return apply_recalibration(confidences, (self.model.artifact or {}).get("recalibration"))
+        return CalibrationMap.from_dict(stored)(confidences)
 
     @classmethod
     def make_objective(cls, config: TrainConfig) -> Objective:

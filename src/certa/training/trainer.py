@@ -25,9 +25,9 @@ import torch
 
 from ..errors import InputError, MissingDependencyError
 from ..models.artifact import save_artifact
+from ..recalibration import CalibrationMap, fit_map
 from .config import TrainConfig
 from .objective import Objective
-from .recalibration import apply_recalibration, fit_platt
 from .validation import EarlyStopping, split_validation, validation_confidences
 
 if TYPE_CHECKING:
@@ -106,11 +106,13 @@ def _validation_summary(objective: Objective, lm: LoadedModel, items: Sequence[d
     lm.model.eval()
     raw = validation_confidences(objective, lm, items, config)
     correct = np.array([float(r.correct) for r in records])
-    recalibration = fit_platt(raw, correct) if config.recalibrate == "platt" else {"kind": "none"}
-    recalibrated = apply_recalibration(raw, recalibration)
+    recalibration = (fit_map(raw, correct, "platt", strength=1.0, nonnegative=True)
+                     if config.recalibrate == "platt" else CalibrationMap("identity"))
+    recalibrated = recalibration(raw)
     return {"answers": len(records), "accuracy": float(correct.mean()), "best_step": stopping.best_step,
             "history": stopping.history or [], "brier": float(np.mean((raw - correct) ** 2)),
-            "brier_recalibrated": float(np.mean((recalibrated - correct) ** 2)), "recalibration": recalibration}
+            "brier_recalibrated": float(np.mean((recalibrated - correct) ** 2)),
+            "recalibration": recalibration.to_dict()}
 
 
 # ---------------------------------------------------------------- adapter and optimiser

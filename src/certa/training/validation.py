@@ -6,7 +6,7 @@ number of steps depends on the data. So a seeded, stratified share of the
 training answers is held out: the read-out's Brier score on it is measured
 every few steps, the best state is kept, and training stops when it has not
 improved for ``patience`` measurements. The same held-out answers then fit a
-two-parameter Platt map of the read-out (:mod:`certa.training.recalibration`),
+two-parameter Platt map of the read-out (:mod:`certa.recalibration`),
 the documented last step that brings its level in line with accuracy.
 """
 
