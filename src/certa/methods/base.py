@@ -110,6 +110,7 @@ _REGISTRY: dict[str, type[ConfidenceMethod]] = {}
 _BUILTIN_MODULES = (
     "base_rate", "likelihood", "entropy", "verbalized", "ptrue", "consistency", "probe", "apricot",
     "calibration", "grace", "conftuner",
+    "logprobs", "sampling", "hidden",  # issue 18's estimator families: subpackages that register on import
 )
 
 
