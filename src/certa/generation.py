@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InputError
 from .methods.base import method_class
+from .methods.logprobs.distribution import token_distribution_stats
 from .models import answer_stop_strings, end_token_ids
 from .models.tensors import cache_length, crop_cache, left_pad
 from .prompts import question_prompt
@@ -88,6 +89,7 @@ class _Settings:
     hidden_states: bool
     hooks: tuple[GenerationHook, ...]
     seed: int
+    token_stats: bool = False
 
 
 @dataclass
@@ -128,6 +130,7 @@ def generate(
     samples: int = 0,
     temperature: float = DEFAULTS.temperature,
     hidden_states: bool = False,
+    token_stats: bool = False,
     hooks: Sequence[GenerationHook] | None = None,
     seed: int = 0,
     out: str | os.PathLike[str] | None = None,
@@ -143,6 +146,8 @@ def generate(
         samples: extra answers sampled at ``temperature`` per example, stored in ``Generation.samples``.
         temperature: sampling temperature of the extra answers (the main answer is always greedy).
         hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
+        token_stats: store per-token statistics of the full next-token distribution (Rényi divergence and
+            Fisher-Rao distance from uniform) in ``meta["token_stats"]``, for the methods that read them.
         hooks: objects with ``name`` and ``on_batch_end(lm, state) -> list[float]``; their values go to
             ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples), and
             ``meta["confidence_source"][name]`` names the artifact that read them. ``None`` means the
@@ -157,7 +162,7 @@ def generate(
     """
     examples = list(examples)
     hooks = model_hooks(lm) if hooks is None else hooks
-    settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed)
+    settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed, token_stats)
     _check_arguments(examples, settings, batch_size)
     with contextlib.ExitStack() as stack:
         appender = stack.enter_context(JsonlAppender(out)) if out is not None else None
@@ -207,6 +212,8 @@ def _check_resumable(out: Any, resumed: list[Generation], s: _Settings) -> None:
     missing = []
     if s.hidden_states and any(g.hidden_state is None for g in resumed):
         missing.append("hidden states")
+    if s.token_stats and any("token_stats" not in g.meta for g in resumed):
+        missing.append("token statistics")
     if any(len(g.samples) < s.samples for g in resumed):
         missing.append(f"{s.samples} samples")
     missing += [f"hook {h.name!r}" for h in s.hooks if any(h.name not in g.confidence for g in resumed)]
@@ -247,7 +254,7 @@ def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[G
     input_ids, attention_mask = left_pad([item.prompt_ids for item in batch], lm.tokenizer.pad_token_id, lm.device)
     greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
                      capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True)
-    gens = [_to_generation(lm, item, greedy, row, s.hidden_states) for row, item in enumerate(batch)]
+    gens = [_to_generation(lm, item, greedy, row, s) for row, item in enumerate(batch)]
     clock.lap("answer")
     for hook, values in _run_hooks(lm, greedy, s.hooks):
         for gen, value in zip(gens, values, strict=True):
@@ -415,10 +422,16 @@ def added_token_ids(lm: LoadedModel) -> list[int]:
     return sorted(int(lm.tokenizer.convert_tokens_to_ids(t)) for t in tokens if t)
 
 
-def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, keep_hidden: bool) -> Generation:
+def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, s: _Settings) -> Generation:
     ids = decoded.response_ids(row)
-    logprobs, entropies = _token_stats(decoded.logits, ids, row)
-    hidden = decoded.last_hidden[row].float().cpu().tolist() if keep_hidden and decoded.last_hidden is not None else None
+    step_logits = _step_logits(decoded.logits, ids, row)
+    logprobs, entropies = _logprobs_and_entropies(step_logits, ids)
+    hidden = (decoded.last_hidden[row].float().cpu().tolist()
+              if s.hidden_states and decoded.last_hidden is not None else None)
+    # token_entropy normalises by log V; keeping V here lets it score the file without the model.
+    meta: dict[str, Any] = {"vocab_size": int(decoded.vocab_size)} if decoded.vocab_size else {}
+    if s.token_stats and step_logits is not None:
+        meta["token_stats"] = {name: values.tolist() for name, values in token_distribution_stats(step_logits).items()}
     return Generation(
         id=item.example.id,
         prompt=item.prompt,
@@ -429,16 +442,21 @@ def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, ke
         token_entropies=entropies,
         finish_reason="stop" if decoded.stopped[row] else "length",
         hidden_state=hidden,
-        # token_entropy normalises by log V; keeping V here lets it score the file without the model.
-        meta={"vocab_size": int(decoded.vocab_size)} if decoded.vocab_size else {},
+        meta=meta,
     )
 
 
-def _token_stats(logits: tuple[torch.Tensor, ...] | None, ids: list[int], row: int) -> tuple[list[float], list[float]]:
-    """Log-prob of each chosen token and the entropy of its distribution, from raw logits."""
+def _step_logits(logits: tuple[torch.Tensor, ...] | None, ids: list[int], row: int) -> torch.Tensor | None:
+    """One row's raw logits at each of its answer tokens, ``[tokens, vocab]``."""
     if logits is None or not ids:
+        return None
+    return torch.stack([logits[t][row] for t in range(len(ids))]).float()
+
+
+def _logprobs_and_entropies(step_logits: torch.Tensor | None, ids: list[int]) -> tuple[list[float], list[float]]:
+    """Log-prob of each chosen token and the entropy of its distribution, from raw logits."""
+    if step_logits is None:
         return [], []
-    step_logits = torch.stack([logits[t][row] for t in range(len(ids))]).float()  # [tokens, vocab]
     logp = torch.log_softmax(step_logits, dim=-1)
     chosen = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None]).squeeze(1)
     probs = logp.exp()

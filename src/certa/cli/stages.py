@@ -41,12 +41,14 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(help=_help("max_new_tokens"))] = DEFAULTS.max_new_tokens,
     batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS.batch_size,
     hidden_states: Annotated[bool, typer.Option(help="store the last hidden state (probe, GrACE targets)")] = True,
+    token_stats: Annotated[bool, typer.Option(help="store per-token Rényi / Fisher-Rao statistics")] = False,
     seed: int = 0,
 ) -> None:
     """Answer a dataset's questions (batched), keeping log-probs, hidden states and samples."""
     examples = load_dataset(dataset, split=split, limit=limit, seed=seed)
     gens = generate_answers(load_model(model), examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            samples=samples, temperature=temperature, hidden_states=hidden_states, seed=seed, out=out)
+                            samples=samples, temperature=temperature, hidden_states=hidden_states,
+                            token_stats=token_stats, seed=seed, out=out)
     console.print(f"wrote {len(gens)} generations to {out}")
 
 

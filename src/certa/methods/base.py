@@ -42,6 +42,7 @@ class Needs(enum.Flag):
     MODEL = enum.auto()           # forward passes through a model at scoring time
     FIT = enum.auto()             # must be fitted on graded training records first
     TRAINING = enum.auto()        # must be trained into an artifact (LoRA + read-out) first
+    TOKEN_STATS = enum.auto()     # per-token statistics of the full next-token distribution (Rényi, Fisher-Rao)
 
     def labels(self) -> list[str]:
         """The flag names set in ``self``, lower case (for tables and JSON)."""
@@ -49,7 +50,7 @@ class Needs(enum.Flag):
 
 
 #: Evidence flags: what generation must record for a method to read it.
-EVIDENCE = Needs.LOGPROBS | Needs.HIDDEN_STATES | Needs.SAMPLES
+EVIDENCE = Needs.LOGPROBS | Needs.HIDDEN_STATES | Needs.SAMPLES | Needs.TOKEN_STATS
 
 
 class ConfidenceMethod:

@@ -44,6 +44,7 @@ class Evidence:
 
     hidden_states: bool = False
     samples: int = 0
+    token_stats: bool = False
 
 
 def evidence_for(methods: Sequence[str], samples: int) -> dict[str, Evidence]:
@@ -52,7 +53,8 @@ def evidence_for(methods: Sequence[str], samples: int) -> dict[str, Evidence]:
     specs = [MethodSpec.parse(m) for m in methods]
     test = functools.reduce(lambda a, b: a | b, (s.needs for s in specs), Needs.NOTHING)
     train = functools.reduce(lambda a, b: a | b, (s.fit_needs for s in specs), Needs.NOTHING)
-    return {split: Evidence(Needs.HIDDEN_STATES in needs, samples if Needs.SAMPLES in needs else 0)
+    return {split: Evidence(Needs.HIDDEN_STATES in needs, samples if Needs.SAMPLES in needs else 0,
+                            Needs.TOKEN_STATS in needs)
             for split, needs in (("train", train), ("test", test))}
 
 
@@ -103,7 +105,8 @@ def generate_stage(lm: LoadedModel, examples: Sequence[Example], out: Path, conf
     return generate(lm, examples, max_new_tokens=gen.max_new_tokens, batch_size=gen.batch_size,
                     samples=evidence.samples if samples is None else samples,
                     temperature=gen.temperature if temperature is None else temperature,
-                    hidden_states=evidence.hidden_states, hooks=hooks, seed=config.seed, out=out)
+                    hidden_states=evidence.hidden_states, token_stats=evidence.token_stats, hooks=hooks,
+                    seed=config.seed, out=out)
 
 
 def grade_stage(generations: Sequence[Generation], examples: Sequence[Example], out: Path) -> list[Record]:

@@ -1,1 +1,1 @@
-"""Methods fitted on the last-layer hidden state that generation already recorded."""
+"""Methods fitted on the last-layer hidden state that generation already recorded (probe, Mahalanobis)."""
