@@ -109,7 +109,7 @@ _REGISTRY: dict[str, type[ConfidenceMethod]] = {}
 # Modules imported on first registry lookup, so ``@register`` in them runs.
 _BUILTIN_MODULES = (
     "base_rate", "likelihood", "entropy", "verbalized", "ptrue", "consistency", "probe", "apricot",
-    "calibration", "grace", "conftuner",
+    "calibration", "grace", "conftuner", "choice_probability",
 )
 
 
