@@ -38,10 +38,23 @@ SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="use at most this many questions (a stable subset).")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            console.print(f"certa {version('certa')}", highlight=False)
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            console.print("certa (not installed)", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show progress logs")] = False,
+    version: Annotated[bool, typer.Option("--version", help="print certa's version and exit",
+                                          callback=_print_version, is_eager=True)] = False,
 ) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
