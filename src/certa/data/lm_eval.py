@@ -91,6 +91,10 @@ def read_lm_eval_samples(
 ) -> list[Record]:
     """Graded records from an ``lm_eval --log_samples`` file (``samples_<task>_<date>.jsonl``).
 
+    Every record keeps what it came from in ``meta["lm_eval"]`` (task, doc id,
+    filter, output type, the document, the metrics; for multiple choice the
+    log-likelihoods and option lengths). Errors name the file and line.
+
     Parameters
     ----------
     path
@@ -107,9 +111,10 @@ def read_lm_eval_samples(
         log-likelihood (lm_eval's ``acc``), ``"norm"`` the highest per-character
         log-likelihood (``acc_norm``).
 
-    Every record keeps what it came from in ``meta["lm_eval"]`` (task, doc id,
-    filter, output type, the document, the metrics; for multiple choice the
-    log-likelihoods and option lengths). Errors name the file and line.
+    Returns
+    -------
+    list of Record
+        One graded record per document, in file order, ids ``"<task>/<doc_id>"``.
     """
     if selection not in ("raw", "norm"):
         raise InputError(f"selection must be 'raw' or 'norm', got {selection!r}")
