@@ -2,11 +2,11 @@
 
 Pure functions that build a new ``pandas.DataFrame`` from what certa already
 holds; nothing is computed anew. pandas is optional: without it these raise
-:class:`~certa.errors.MissingDependencyError` with the install command.
+``MissingDependencyError`` with the install command.
 
 - :func:`records_to_pandas` — one row per record (graded answer).
 - :func:`metrics_to_pandas` — one row per confidence method of an
-  :class:`~certa.evaluation.EvaluationResult` (wide), or one row per method and
+  ``EvaluationResult`` (wide), or one row per method and
   metric (``long=True``), each with its bootstrap interval.
 - :func:`scores_to_pandas` — one row per answer: its correctness and every
   method's confidence.
@@ -39,7 +39,7 @@ def _pandas() -> Any:
 
 
 def records_to_pandas(records: Sequence[Record], *, per_token: bool = False) -> pd.DataFrame:
-    """One row per record, one column per field, in :class:`~certa.records.Record` field order.
+    """One row per record, one column per field, in ``Record`` field order.
 
     ``confidence`` (confidences read during generation, by method) is spread into
     ``confidence.<method>`` columns. The per-token fields (``token_ids``,
@@ -71,7 +71,7 @@ def metrics_to_pandas(result: EvaluationResult, *, long: bool = False) -> pd.Dat
     """The metrics of every method with their bootstrap intervals.
 
     Wide (default): indexed by method, columns ``<metric>``, ``<metric>_low``,
-    ``<metric>_high`` for each metric of :data:`certa.evaluation.METRICS`, then
+    ``<metric>_high`` for each metric of ``certa.evaluation.METRICS``, then
     ``mean_confidence`` and ``n``; methods in the order they were evaluated.
     Long (``long=True``): columns ``method``, ``metric``, ``value``, ``low``,
     ``high``, ``lower_is_better``, with an ``accuracy`` row (method ``None``)

@@ -24,7 +24,7 @@ OPTIONAL_COLUMNS = ("answer_type", "choices", "source", "meta")
 
 
 def examples_from_table(table: Any, where: str = "table") -> list[Example]:
-    """Check and convert every row of ``table`` into an :class:`~certa.records.Example`.
+    """Check and convert every row of ``table`` into an ``Example``.
 
     ``table`` is a pandas ``DataFrame``, a Hugging Face ``datasets.Dataset`` (one
     split, not a ``DatasetDict``) or a sequence of mappings; ``where`` names it
