@@ -143,6 +143,12 @@ def test_choice_probability_names_what_is_missing():
         get_method("choice_probability")(generated)
 
 
+def test_generated_answers_can_be_scored_by_a_method_that_asks_the_model(tiny_lm):
+    records = read_lm_eval_samples(fixture("certa_gen"))
+    scores = get_method("p_true", model=tiny_lm)(records)  # builds its prompt from question + response
+    assert scores.shape == (5,) and np.all((scores >= 0) & (scores <= 1))
+
+
 def test_errors_name_file_and_line(tmp_path):
     logged = rows(fixture("certa_mc"))
     broken = tmp_path / "samples_x_2025-01-01T00-00-00.000000.jsonl"
