@@ -7,15 +7,19 @@ import os
 from ..errors import InputError
 from ..records import Generation, Record, iter_jsonl, read_jsonl
 from .grading import grade
+from .lm_eval import is_lm_eval_samples, read_lm_eval_samples
 from .loaders import load_dataset
 
 
 def read_graded(path: str | os.PathLike[str], dataset: str | None = None) -> list[Record]:
-    """Records from ``path``: graded records as they are, or generations graded against ``dataset``.
+    """Records from ``path``: graded records as they are, an ``lm_eval --log_samples`` file (graded by
+    lm-eval's own metric), or generations graded against ``dataset``.
 
     A file whose rows carry ``correct`` is already graded; any other file holds
     generations and needs ``dataset`` (its gold answers are joined by id).
     """
+    if is_lm_eval_samples(path):
+        return read_lm_eval_samples(path)
     first = next((obj for _, obj in iter_jsonl(path)), None)
     if first is None:
         raise InputError(f"{path}: no rows")

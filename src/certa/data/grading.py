@@ -211,3 +211,16 @@ def grade(generations: Sequence[Generation], examples: Iterable[Example],
         records.append(Record.from_generation(
             gen, example, _score(g, gen.response, example), [_score(g, s, example) for s in gen.samples]))
     return records
+
+
+def check_gold(example: Example, where: str) -> None:
+    """Reject gold answers the graders could never match (empty, non-numeric, naming no option)."""
+    if not example.answers:
+        raise InputError(f"{where}: field 'answers' is empty")
+    if example.answer_type == "numeric" and canonical_number(example.answers[0]) is None:
+        raise InputError(f"{where}: answer {example.answers[0]!r} is not a number (answer_type 'numeric')")
+    if example.answer_type == "choice":
+        try:
+            gold_letter(example)
+        except InputError as exc:
+            raise InputError(f"{where}: {exc}") from None

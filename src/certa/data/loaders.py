@@ -14,14 +14,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError, UnknownNameError
 from ..records import Example, from_dict, iter_jsonl
 from ..registry import Registry
-from .answers import canonical_number
 from .arithmetic import arithmetic_examples
 from .capitals import capitals_examples
-from .grading import gold_letter
+from .grading import check_gold
+from .tables import examples_from_table
 
 SPLITS = ("train", "calibration", "test", "all")
 SPLIT_FRACTIONS = (("train", 0.6), ("calibration", 0.1), ("test", 0.3))
@@ -106,9 +107,10 @@ def take_subset(examples: Sequence[Example], limit: int, seed: int = 0) -> list[
     return [ex for i, ex in enumerate(examples) if i in chosen]
 
 
-def load_dataset(name_or_path: str | os.PathLike[str], split: str = "test", limit: int | None = None,
+def load_dataset(source: str | os.PathLike[str] | Any, split: str = "test", limit: int | None = None,
                  seed: int = 0) -> list[Example]:
-    """Examples of a bundled dataset, a JSONL file, or ``hf:owner/name[:config][@hf_split]``.
+    """Examples of a bundled dataset, a JSONL file, ``hf:owner/name[:config][@hf_split]``, or a table in
+    memory (a ``datasets.Dataset``, a pandas DataFrame or a list of dicts with the documented columns).
 
     ``split``: ``"train"``, ``"calibration"``, ``"test"`` (see ``split_of``) or ``"all"``.
     ``limit``: keep a deterministic subset of at most that many (``take_subset``).
@@ -117,7 +119,9 @@ def load_dataset(name_or_path: str | os.PathLike[str], split: str = "test", limi
         raise UnknownNameError("split", split, SPLITS)
     if limit is not None and limit < 1:
         raise InputError(f"limit must be a positive number of examples, got {limit}")
-    examples = _load_all(str(name_or_path))
+    name_or_path = source if isinstance(source, (str, os.PathLike)) else "table"
+    examples = (_load_all(str(source)) if isinstance(source, (str, os.PathLike))
+                else examples_from_table(source))
     if split != "all":
         examples = [ex for ex in examples if split_of(ex.id) == split]
     if limit is not None:
@@ -164,16 +168,3 @@ def read_examples(path: str | os.PathLike[str]) -> list[Example]:
     if not examples:
         raise InputError(f"{path}: no examples")
     return examples
-
-
-def check_gold(example: Example, where: str) -> None:
-    """Reject gold answers the graders could never match (empty, non-numeric, naming no option)."""
-    if not example.answers:
-        raise InputError(f"{where}: field 'answers' is empty")
-    if example.answer_type == "numeric" and canonical_number(example.answers[0]) is None:
-        raise InputError(f"{where}: answer {example.answers[0]!r} is not a number (answer_type 'numeric')")
-    if example.answer_type == "choice":
-        try:
-            gold_letter(example)
-        except InputError as exc:
-            raise InputError(f"{where}: {exc}") from None

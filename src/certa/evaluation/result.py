@@ -25,11 +25,13 @@ from ..errors import InputError, UnknownNameError
 from ..records import Record, atomic_write_text
 from ..versions import package_versions
 from .estimate import Estimate
+from .frames import metrics_to_pandas, scores_to_pandas
 from .report import write_report
 from .specs import CI_LEVEL, METRICS, metric_spec
 from .table import metric_table, to_rich
 
 if TYPE_CHECKING:
+    import pandas as pd
     from rich.table import Table
 
 @dataclass
@@ -88,6 +90,14 @@ class EvaluationResult:
     def to_html(self, path: str | os.PathLike[str], title: str = "certa calibration report") -> Path:
         """Write a self-contained HTML report (tables and embedded PNG figures) and return its path."""
         return write_report(self, path, title=title)
+
+    def to_pandas(self, *, long: bool = False) -> pd.DataFrame:
+        """The metrics as a DataFrame (one row per method, or per method and metric with ``long``); needs pandas."""
+        return metrics_to_pandas(self, long=long)
+
+    def scores_to_pandas(self) -> pd.DataFrame:
+        """One row per answer: its correctness and every method's confidence; needs pandas."""
+        return scores_to_pandas(self)
 
     def ranked(self, metric: str = "brier") -> list[str]:
         """Method names from best to worst on ``metric``; undefined values last."""
