@@ -36,13 +36,16 @@ def study_config(tmp_path_factory, tiny_model_dir):
     train = {"epochs": 1, "batch_size": 8, "max_steps": 2}
     return RunConfig.from_dict({
         "model": str(tiny_model_dir), "out": str(root / "run"),
-        "datasets": [{"name": a, "train_limit": 20, "test_limit": 12}, {"name": b, "train_limit": 20, "test_limit": 12}],
+        "datasets": [{"name": a, "train_limit": 20, "test_limit": 12, "calibration_limit": 6},
+                     {"name": b, "train_limit": 20, "test_limit": 12, "calibration_limit": 6}],
         "methods": METHODS,
         "generation": {"max_new_tokens": 4, "batch_size": 8, "samples": 2, "temperature": 1.0},
         "training": {"grace": train, "conftuner": train},
         "evaluation": {"n_bins": 5, "n_bootstrap": 50},
         "cross_domain": {"datasets": [a, b]},
-        "scaling": {"dataset": a, "test_limit": 8, "budget": 3, "tau_sweep": [0.2, 0.8]},
+        "scaling": {"dataset": a, "test_limit": 8, "calibration_limit": 6, "budget": 3, "tau_sweep": [0.2, 0.8]},
+        "tuning": {"grids": {"grace": {"token_lr": [0.05, 0.01]}}},
+        "seeds": [1],
         "publish": {"markdown": str(root / "docs" / "RESULTS.md"), "discussion": str(discussion)},
     })
 
@@ -138,6 +141,9 @@ def test_run_time_section_adds_up_the_stages(study):
 
 
 def test_changed_training_config_trains_afresh_instead_of_resuming(study, study_config, monkeypatch):
+    plain = study_config.model_copy(update={"tuning": None, "seeds": [], "cross_domain": None, "scaling": None,
+                                            "publish": None})
+    run_study(plain)  # trains artifacts/grace with the config as it is
     calls: list[list[str]] = []
     real = cache.score_methods
     monkeypatch.setattr(cache, "score_methods", lambda methods, *a, **k: calls.append(list(methods)) or
@@ -145,10 +151,32 @@ def test_changed_training_config_trains_afresh_instead_of_resuming(study, study_
     grace = study.out / "artifacts" / "grace"
     before = (grace / "trained-from.txt").read_text()
     settings = {**study_config.training, "grace": {**study_config.training["grace"], "calibration_loss": "bce"}}
-    changed = study_config.model_copy(update={"training": settings, "cross_domain": None, "scaling": None,
-                                              "publish": None})
-    run_study(changed)
+    run_study(plain.model_copy(update={"training": settings}))
     log = [json.loads(line) for line in (grace / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]  # trained from step 1, not resumed from the old run's end
     assert (grace / "trained-from.txt").read_text() != before
     assert all(c == ["grace"] for c in calls) and len(calls) == 2  # the new artifact is rescored, nothing else
+
+
+def test_tuning_judges_every_combination_on_calibration_answers_and_the_study_uses_the_winner(study):
+    t = study.tuning["grace"]
+    assert [row["values"] for row in t["rows"]] == [{"token_lr": 0.05}, {"token_lr": 0.01}]
+    calibration = [r for name in ("a", "b") for r in stages.load_records(study.out / name / "calibration.records.jsonl")]
+    test_ids = {r.id for name in ("a", "b") for r in stages.load_records(study.out / name / "test.records.jsonl")}
+    assert t["calibration_answers"] == len(calibration) > 0 and not {r.id for r in calibration} & test_ids
+    best = min(t["rows"], key=lambda row: row["brier"])
+    assert t["chosen"] == best["values"]
+    info = json.loads((study.artifacts["grace"] / "certa.json").read_text())
+    assert info["train_config"]["token_lr"] == best["values"]["token_lr"] and info["tuning"]["chosen"] == t["chosen"]
+    text = study.markdown.read_text()
+    assert "## How the trained methods' settings were chosen" in text and "calibration-split" in text
+
+
+def test_seed_replicates_retrain_only_the_trained_methods(study):
+    seeds = study.seeds
+    assert seeds["seeds"] == [0, 1] and set(seeds["values"]) == {"grace", "conftuner"}
+    pooled = seeds["values"]["grace"]["pooled"]
+    assert len(pooled["ece"]) == 2
+    assert pooled["ece"][0] == pytest.approx(study.evaluation.methods["grace"]["ece"].value)
+    assert (study.out / "artifacts" / "seed-1" / "grace" / "certa.json").exists()
+    assert "## Over training seeds" in study.markdown.read_text()

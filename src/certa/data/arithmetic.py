@@ -105,3 +105,35 @@ def _level_examples(level: Level, seed: str) -> list[Example]:
 def arithmetic_examples(levels: tuple[Level, ...] = LEVELS, seed: str = SEED) -> list[Example]:
     """All arithmetic questions, level by level; the same list on every call and platform."""
     return [ex for level in levels for ex in _level_examples(level, seed)]
+
+
+#: One-digit problems the default model gets right about half the time (measured: sums 50%, differences
+#: 40%, products asked in words 64%), each asked in several phrasings (``arithmetic-easy``).
+EASY_PROBLEMS: tuple[Level, ...] = (Level("add", 1, 1, 100), Level("sub", 1, 1, 55), Level("mul", 1, 1, 64))
+EASY_PHRASINGS: dict[str, tuple[str, ...]] = {
+    "add": ("What is {a} + {b}?", "What is {a} plus {b}?", "How much is {a} plus {b}?",
+            "Add {a} and {b}.", "What do you get when you add {b} to {a}?"),
+    "sub": ("What is {a} - {b}?", "What is {a} minus {b}?", "How much is {a} minus {b}?",
+            "Subtract {b} from {a}.", "What do you get when you take {b} away from {a}?"),
+    "mul": ("What is {a} times {b}?", "How much is {a} times {b}?", "Multiply {a} by {b}.",
+            "What is the product of {a} and {b}?", "What do you get when you multiply {a} by {b}?"),
+}
+
+
+def easy_arithmetic_examples(seed: str = SEED) -> list[Example]:
+    """One-digit sums, differences and products, each in five phrasings sharing one split.
+
+    ``meta["split_group"]`` is the problem, so a test question's arithmetic is
+    never seen in another phrasing in training.
+    """
+    examples = []
+    for level in EASY_PROBLEMS:
+        fn = _OPS[level.op][0]
+        for base in _level_examples(level, seed):
+            _, a, b = base.id.rsplit("-", 2)
+            for k, phrasing in enumerate(EASY_PHRASINGS[level.op]):
+                examples.append(Example(
+                    id=f"arithmetic-easy-{level.op}-{a}-{b}-p{k}", question=phrasing.format(a=a, b=b),
+                    answers=[str(fn(int(a), int(b)))], answer_type="numeric", source=SOURCE,
+                    meta={"level": level.name, "phrasing": k, "split_group": f"{level.op}-{a}-{b}"}))
+    return examples

@@ -223,6 +223,34 @@ def _answered_in_question(question: str, aliases: tuple[str, ...]) -> bool:
     return all(contains_phrase(question, alias) for alias in aliases)
 
 
+#: Ways of asking each direction (``capitals-phrased``); ``{}`` is the country or the capital.
+FORWARD_PHRASINGS = ("What is the capital of {}?", "Which city is the capital of {}?",
+                     "Name the capital city of {}.", "The capital of {} is which city?")
+REVERSE_PHRASINGS = ("Which country has {} as its capital?", "{} is the capital of which country?")
+
+
+def phrased_capitals_examples() -> list[Example]:
+    """Every country asked in several phrasings each way; all questions about a country share its split.
+
+    Six questions per country (four forward, two reverse) make a set large enough
+    for 300+ test answers; ``meta["split_group"]`` keeps a country's phrasings
+    together, so a test question's fact is never seen in another phrasing in training.
+    """
+    examples: list[Example] = []
+    for example in capitals_examples():
+        relation, subject = example.meta["relation"], example.meta["subject"]
+        phrasings = FORWARD_PHRASINGS if relation == "capital_of" else REVERSE_PHRASINGS
+        group = example.id.rsplit("-", 1)[0]
+        for k, phrasing in enumerate(phrasings):
+            question = phrasing.format(subject)
+            if _answered_in_question(question, tuple(example.answers)):
+                continue
+            examples.append(Example(
+                id=f"{example.id}-p{k}", question=question, answers=list(example.answers), answer_type="short",
+                source=SOURCE, meta={**example.meta, "phrasing": k, "split_group": group}))
+    return examples
+
+
 def capitals_examples() -> list[Example]:
     """All capital questions, forward (country → capital) then reverse (capital → country)."""
     examples: list[Example] = []

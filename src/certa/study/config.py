@@ -10,8 +10,9 @@ as ``training: {grace: {...}}``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -48,6 +49,8 @@ class DatasetSettings(_Strict):
     label: str | None = Field(None, description="how outputs and tables name it (default: derived from name)")
     train_limit: int | None = Field(300, ge=1, description="training questions (fitted and trained methods)")
     test_limit: int | None = Field(200, ge=1, description="held-out questions that are evaluated")
+    calibration_limit: int | None = Field(
+        None, ge=1, description="calibration-split questions (answered only when tuning needs them; default: all)")
 
 
     @property
@@ -85,6 +88,14 @@ class ScalingSettings(_Strict):
                                    description="GrACE-ES thresholds tried on the calibration questions")
 
 
+class TuningSettings(_Strict):
+    """A grid search per trained method, judged on calibration-split answers only (never on test answers)."""
+
+    grids: dict[str, dict[str, list[Any]]] = Field(
+        description="per trained method, its config fields and the values to try (every combination)")
+    criterion: Literal["brier", "nll"] = Field("brier", description="what the calibration answers are judged by")
+
+
 class PublishSettings(_Strict):
     """Where the study's Markdown write-up goes (e.g. docs/RESULTS.md) and what it splices in."""
 
@@ -106,8 +117,11 @@ class RunConfig(_Strict):
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     cross_domain: CrossDomainSettings | None = None
     scaling: ScalingSettings | None = None
+    tuning: TuningSettings | None = None
     publish: PublishSettings | None = None
     seed: int = 0
+    seeds: list[int] = Field(default_factory=list, description="further seeds the trained methods are trained "
+                             "with; their test metrics are reported as mean ± sd over all seeds")
     #: The YAML file the config was read from (``None`` when built in code).
     _source: Path | None = PrivateAttr(None)
 
@@ -127,6 +141,11 @@ class RunConfig(_Strict):
         keys = [d.key for d in self.datasets]
         if len(set(keys)) != len(keys):
             raise ValueError("two datasets share a name; give one a 'label'")
+        for name, grid in (self.tuning.grids if self.tuning else {}).items():
+            if name not in self.training and name not in self.methods:
+                raise ValueError(f"tuning.grids.{name}: {name!r} is not among the methods")
+            if not grid or any(not values for values in grid.values()):
+                raise ValueError(f"tuning.grids.{name}: every field needs at least one value to try")
         for name in self.cross_domain.datasets if self.cross_domain else []:
             self.dataset(name)
         if self.scaling is not None:
@@ -136,11 +155,11 @@ class RunConfig(_Strict):
                                  "so that method must be in 'methods'")
         return self
 
-    def train_config(self, method: str) -> TrainConfig:
-        """The resolved training config of a trained method: its defaults, this study's seed, then
-        what ``training.<method>`` sets (validated; errors name the field)."""
+    def train_config(self, method: str, tuned: Mapping[str, Any] | None = None) -> TrainConfig:
+        """The resolved training config of a trained method: its defaults, this study's seed, what
+        ``training.<method>`` sets, then the values a tuning search chose (validated; errors name the field)."""
         cls = MethodSpec.parse(method).base_class
-        values = {"seed": self.seed, **self.training.get(method, {})}
+        values = {"seed": self.seed, **self.training.get(method, {}), **(tuned or {})}
         return cls.resolve_config(values, where=f"training.{method}")  # type: ignore[attr-defined]
 
     def dataset(self, name: str) -> DatasetSettings:

@@ -11,7 +11,6 @@ write-up after a change cannot leave a stale number in a table.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +20,10 @@ import numpy as np
 from ..evaluation import METRICS, Estimate, EvaluationResult, markdown_table, metric_table, to_markdown
 from ..evaluation.figures import figure_png, plot_reliability
 from ..methods.base import MethodSpec
-from ..metrics import paired_difference, paired_mean_difference
 from ..records import atomic_write_bytes, atomic_write_text
+from .claims import claims_section
 from .result import StudyResult
+from .seeds import mean_sd
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -44,10 +44,12 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
         _datasets_section(result),
         _pooled_section(result, links.add(_reliability_figure(result.evaluation, figures / "reliability.png"))),
         _per_dataset_section(result),
+        _tuning_section(result.tuning),
+        _seeds_section(result.seeds),
         _cross_domain_section(result.cross_domain),
         _cost_section(result.costs, result.evaluation.extra),
         _scaling_section(result.scaling, links.add(_copy(result.scaling.get("plot"), figures / "scaling.png"))),
-        _claims_section(result, config),
+        claims_section(result, config),
         _compute_section(result.evaluation.extra),
     ]
     if config.publish.discussion:
@@ -136,6 +138,46 @@ def _per_dataset_section(result: StudyResult) -> str:
     for name, res in result.by_dataset.items():
         parts.append(f"### {name} (n={res.n}, accuracy {fmt(res.accuracy)})\n\n{_metric_table(res)}")
     return "\n\n".join(parts)
+
+
+def _tuning_section(tuning: dict[str, Any]) -> str:
+    """Every combination a tuning search tried, judged on calibration-split answers; the chosen one in bold."""
+    if not tuning:
+        return ""
+    parts = ["## How the trained methods' settings were chosen\n\nA grid search per method: each combination "
+             "trained on the pooled train answers and judged on the pooled **calibration-split** answers (no test "
+             "answer is seen); the one with the best criterion (bold) is what every table above uses."]
+    for method, t in tuning.items():
+        names = sorted(t["grid"])
+        rows = []
+        for row in t["rows"]:
+            chosen = row["values"] == t["chosen"]
+            cells = [str(row["values"][n]) for n in names] + [
+                f"{row[k]:.3f}" for k in ("brier", "ece", "auroc")] + [f"{row.get('best_step') or row.get('steps')}"]
+            rows.append([f"**{c}**" for c in cells] if chosen else cells)
+        parts.append(f"### {_method_label(method)} ({t['calibration_answers']} calibration answers, criterion: "
+                     f"{t['criterion']})\n\n" + markdown_table([*names, "Brier ↓", "ECE ↓", "AUROC ↑", "steps"],
+                                                               rows, align="r"))
+    return "\n\n".join(parts)
+
+
+def _seeds_section(seeds: dict[str, Any]) -> str:
+    """Trained methods' test metrics as mean ± sd over training seeds."""
+    if not seeds:
+        return ""
+    header = ["method", "test answers", *(f"{METRICS[m].label} (mean ± sd)" for m in seeds["metrics"])]
+    rows = []
+    for method, groups in seeds["values"].items():
+        for group, values in groups.items():
+            cells = []
+            for metric in seeds["metrics"]:
+                mean, sd = mean_sd(values[metric])
+                cells.append("–" if not np.isfinite(mean) else f"{mean:.3f} ± {sd:.3f}")
+            rows.append([_method_label(method), group, *cells])
+    return (f"## Over training seeds\n\nThe trained methods trained with seeds {', '.join(map(str, seeds['seeds']))} "
+            "(the shuffling, the held-out share that picks the stopping step, LoRA's start); every other method is "
+            "seed-free. Mean ± standard deviation over seeds of each test metric.\n\n"
+            + markdown_table(header, rows, align="r"))
 
 
 def _cross_domain_section(cross: dict[str, Any]) -> str:
@@ -244,151 +286,6 @@ def _compute_section(extra: dict[str, Any]) -> str:
             "the cost of a run from scratch, less model loading. "
             f"The invocation that wrote this file took {_duration(extra.get('run_seconds', float('nan')))}.\n\n"
             + markdown_table(["stage", "time"], rows, align="r"))
-
-
-# ── the papers' claims against this run ───────────────────────────────────────────────────────
-
-
-@dataclass
-class Claim:
-    """One paper claim and the measurement that tests it here."""
-
-    source: str
-    claim: str
-    measured: str
-    verdict: str
-
-
-def _claims_section(result: StudyResult, config: RunConfig) -> str:
-    claims = [c for make in _CLAIMS for c in make(result, config) if c is not None]
-    if not claims:
-        return ""
-    rows = [[c.source, c.claim, c.measured, c.verdict] for c in claims]
-    return ("## The papers' claims, checked on this run\n\nDifferences are paired bootstrap 95% intervals "
-            "(both methods resampled on the same answers). *Reproduced*: the difference has the paper's sign "
-            "and its interval excludes zero; *not significant*: the sign agrees but the interval includes zero; "
-            "*not reproduced*: the sign is the opposite.\n\n"
-            + markdown_table(["paper", "claim", "measured here (pooled test answers)", "verdict"], rows))
-
-
-def _verdict(diff: tuple[float, float, float], better_if_negative: bool) -> str:
-    value, low, high = diff
-    sign = -1.0 if better_if_negative else 1.0
-    if not np.isfinite(value):
-        return "undefined"
-    if sign * value <= 0:
-        return "not reproduced"
-    return "reproduced" if (sign * low > 0 and sign * high > 0) else "not significant"
-
-
-def _difference(result: StudyResult, config: RunConfig, metric: str, a: str, b: str) -> tuple[float, float, float]:
-    ev = result.evaluation
-    return paired_difference(metric, ev.scores[a], ev.scores[b], ev.correct, n_bins=config.evaluation.n_bins,
-                             n_resamples=config.evaluation.n_bootstrap, seed=config.seed)
-
-
-def _diff_text(diff: tuple[float, float, float]) -> str:
-    return f"{diff[0]:+.3f} [{diff[1]:+.3f}, {diff[2]:+.3f}]"
-
-
-def _baselines(result: StudyResult) -> list[str]:
-    # The constant base rate is the reference row, not a confidence method the papers compare against.
-    return [m for m in result.evaluation.methods if not MethodSpec.parse(m).paper and m != "base_rate"]
-
-
-def _grace_vs_best_baseline(result: StudyResult, config: RunConfig) -> list[Claim | None]:
-    methods = result.evaluation.methods
-    if "grace" not in methods or not _baselines(result):
-        return []
-    out: list[Claim | None] = []
-    for metric, lower in (("ece", True), ("brier", True), ("auroc", False)):
-        values = {m: methods[m][metric].value for m in _baselines(result)}
-        best = (min if lower else max)(values, key=lambda m: values[m] if np.isfinite(values[m]) else
-                                       (np.inf if lower else -np.inf))
-        diff = _difference(result, config, metric, "grace", best)
-        out.append(Claim("GrACE", f"beats the best baseline on {METRICS[metric].label} (paper: Apricot, "
-                                  "by 3.9 ECE / 2.5 Brier / 5.0 AUROC points on average)",
-                         f"GrACE − {best} = {_diff_text(diff)}", _verdict(diff, lower)))
-    return out
-
-
-def _conftuner_vs_verbalized(result: StudyResult, config: RunConfig) -> list[Claim | None]:
-    methods = result.evaluation.methods
-    if not {"conftuner", "verbalized"} <= set(methods):
-        return []
-    ece = _difference(result, config, "ece", "conftuner", "verbalized")
-    auroc = _difference(result, config, "auroc", "conftuner", "verbalized")
-    return [
-        Claim("ConfTuner", "tuning lowers the ECE of verbalized confidence (Llama-3.1-8B: .277 → .108)",
-              f"ConfTuner − verbalized = {_diff_text(ece)}", _verdict(ece, True)),
-        Claim("ConfTuner", "and raises its AUROC (Llama-3.1-8B: .59 → .67)",
-              f"ConfTuner − verbalized = {_diff_text(auroc)}", _verdict(auroc, False)),
-    ]
-
-
-def _scaling_claims(result: StudyResult, config: RunConfig) -> list[Claim | None]:
-    s = result.scaling
-    if not s:
-        return []
-    at_budget = {name: points[-1] for name, points in s["curves"].items()}
-    per_question = s.get("correct_at_budget", {})
-    out: list[Claim | None] = []
-    if {"sc", "grace_sc"} <= set(per_question):
-        diff = paired_mean_difference(per_question["grace_sc"], per_question["sc"],
-                                      n_resamples=config.evaluation.n_bootstrap, seed=config.seed)
-        out.append(Claim("GrACE", f"GrACE-SC beats SC by +0.8 to +3.3 accuracy points (B={s['budget']})",
-                         f"GrACE-SC − SC = {_diff_text(diff)} ({at_budget['grace_sc']['accuracy']:.3f} vs "
-                         f"{at_budget['sc']['accuracy']:.3f}, {s['questions']} questions)",
-                         _verdict(diff, better_if_negative=False)))
-    if "grace_es" in at_budget and "sc" in at_budget:
-        sc, es = at_budget["sc"]["accuracy"], at_budget["grace_es"]
-        measured = (f"at τ={s['tau']} (chosen on calibration questions): accuracy {es['accuracy']:.3f} with "
-                    f"{es['mean_samples']:.2f} samples; SC@{s['budget']}: {sc:.3f}")
-        if es["accuracy"] < sc:
-            verdict = "not reproduced: lower accuracy than SC"
-        else:
-            verdict = ("reproduced" if es["mean_samples"] <= 4.5 else
-                       "partly: fewer samples than SC, more than 4.5" if es["mean_samples"] < s["budget"]
-                       else "not reproduced")
-        out.append(Claim("GrACE", "GrACE-ES matches SC with 2.1–4.5 samples on average", measured, verdict))
-    return out
-
-
-def _realtime_cost_claim(result: StudyResult, config: RunConfig) -> list[Claim | None]:
-    cost = result.costs.get("grace", {})
-    if "realtime_relative_to_generation" not in cost:
-        return []
-    ratio = cost["realtime_relative_to_generation"]
-    return [Claim("GrACE", "confidence costs one decoding step: no sampling, no second model",
-                  f"read while decoding: +{100 * ratio:.1f}% of generation time",
-                  "reproduced" if ratio < 0.1 else "not reproduced")]
-
-
-def _cross_domain_claim(result: StudyResult, config: RunConfig) -> list[Claim | None]:
-    cross = result.cross_domain
-    if not cross or "grace" not in cross["methods"]:
-        return []
-    rows = [r for r in cross["results"] if r["method"] == "grace"]
-    apricot = [r for r in cross["results"] if r["method"] == "apricot"]
-    pairs = []
-    for r in rows:
-        if r["train"] == r["test"]:
-            continue
-        other = next((a for a in apricot if a["train"] == r["train"] and a["test"] == r["test"]), None)
-        if other is not None:
-            pairs.append((r, other))
-    if not pairs:
-        return []
-    wins = sum(r["ece"]["value"] < a["ece"]["value"] for r, a in pairs)
-    detail = "; ".join(f"{r['train']}→{r['test']}: {r['ece']['value']:.3f} vs {a['ece']['value']:.3f}" for r, a in pairs)
-    return [Claim("GrACE", "keeps its advantage over Apricot when trained on another domain (TriviaQA↔SciQ)",
-                  f"cross-domain ECE, GrACE vs Apricot — {detail}",
-                  "reproduced" if wins == len(pairs) else ("mixed" if wins else "not reproduced"))]
-
-
-_CLAIMS: tuple[Callable[[StudyResult, RunConfig], list[Claim | None]], ...] = (
-    _grace_vs_best_baseline, _conftuner_vs_verbalized, _cross_domain_claim, _scaling_claims, _realtime_cost_claim,
-)
 
 
 # ── figures ───────────────────────────────────────────────────────────────────────────────────

@@ -20,4 +20,6 @@ class StudyResult:
     artifacts: dict[str, Path]
     cross_domain: dict[str, Any] = field(default_factory=dict)
     scaling: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, Any] = field(default_factory=dict)
     markdown: Path | None = None

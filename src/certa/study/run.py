@@ -49,8 +49,10 @@ from .evaluate import evaluate_scored, provenance
 from .publish import write_results
 from .result import StudyResult
 from .scaling import run_scaling
+from .seeds import run_seed_replicates
 from .stages import check_methods, evidence_for, prepare_dataset
 from .training import train_methods
+from .tune import run_tuning
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +66,32 @@ def run_study(config: RunConfig) -> StudyResult:
     started = time.perf_counter()
 
     evidence = evidence_for(config.methods, config.generation.samples)
+    splits = ("train", "test", "calibration") if config.tuning else ("train", "test")
     base = load_base_model(config.model)
-    data = {ds.key: prepare_dataset(config, base, ds, evidence) for ds in config.datasets}
+    data = {ds.key: prepare_dataset(config, base, ds, evidence, splits) for ds in config.datasets}
     del base  # training loads its own copy; freeing this one keeps one base model in memory at a time
     gc.collect()
     pooled_train = [r for d in data.values() for r in d.train]
-    artifacts = train_methods(config, pooled_train, out / "artifacts")
-    cross_artifacts = {source: train_methods(config, data[source].train, out / "cross_domain" / f"trained-on-{source}")
+    tuning = (run_tuning(config, pooled_train, [r for d in data.values() for r in d.calibration], out / "tuning")
+              if config.tuning else {})
+    tuned = {m: t["chosen"] for m, t in tuning.items()}
+    artifacts = train_methods(config, pooled_train, out / "artifacts", tuned,
+                              ready={m: Path(t["artifact"]) for m, t in tuning.items()})
+    seed_artifacts = {seed: train_methods(config.model_copy(update={"seed": seed}), pooled_train,
+                                          out / "artifacts" / f"seed-{seed}", tuned) for seed in config.seeds}
+    cross_artifacts = {source: train_methods(config, data[source].train, out / "cross_domain" / f"trained-on-{source}",
+                                             tuned)
                        for source in cross_domain_sources(config)}
 
     base = load_base_model(config.model)
-    attached = attach_artifacts(base, {**artifacts, **{f"{m}@{source}": path for source, paths in cross_artifacts.items()
-                                                       for m, path in paths.items()}})
+    attached = attach_artifacts(base, {
+        **artifacts,
+        **{f"{m}@{source}": path for source, paths in cross_artifacts.items() for m, path in paths.items()},
+        **{f"{m}#seed{seed}": path for seed, paths in seed_artifacts.items() for m, path in paths.items()},
+    })
     views = {m: attached[m] for m in artifacts}
     cross_views = {source: {m: attached[f"{m}@{source}"] for m in paths} for source, paths in cross_artifacts.items()}
+    seed_views = {seed: {m: attached[f"{m}#seed{seed}"] for m in paths} for seed, paths in seed_artifacts.items()}
 
     scored = {}
     per_dataset = {}
@@ -85,6 +99,7 @@ def run_study(config: RunConfig) -> StudyResult:
         scored[name] = cached_scores(config.methods, d.test, out / name / "scores.jsonl", fit_records=pooled_train,
                                      models=views, default_model=base, provenance=provenance(config, views))
         per_dataset[name] = evaluate_scored(config, d.test, scored[name])
+    seeds = run_seed_replicates(config, data, scored, seed_views, base, out) if config.seeds else {}
 
     cross = run_cross_domain(config, base, data, cross_views, cross_artifacts, out) if config.cross_domain else {}
     scaling = (run_scaling(config, config.dataset(config.scaling.dataset).key, views[config.scaling.confidence], out)
@@ -98,6 +113,7 @@ def run_study(config: RunConfig) -> StudyResult:
         "generation_seconds": generation_seconds(data),
         "compute_seconds": compute_seconds(data, scored, artifacts, cross, scaling),
         "diagnostics": {m: {name: scored[name][m].diagnostics for name in data} for m in config.methods},
+        "tuning": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in tuning.items()},
         "by_dataset": {name: res.to_dict() for name, res in per_dataset.items()},
         "run_seconds": time.perf_counter() - started,
         "peak_memory_gb": peak_memory_gb(),
@@ -110,7 +126,7 @@ def run_study(config: RunConfig) -> StudyResult:
     )
     evaluation.save(out)
     evaluation.to_html(out / "report.html", title=f"certa — {config.model} on {', '.join(per_dataset)}")
-    result = StudyResult(out, evaluation, per_dataset, costs, artifacts, cross, scaling)
+    result = StudyResult(out, evaluation, per_dataset, costs, artifacts, cross, scaling, tuning, seeds)
     if config.publish:
         result.markdown = write_results(config, result)
     return result

@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,14 +48,16 @@ class Evidence:
 
 
 def evidence_for(methods: Sequence[str], samples: int) -> dict[str, Evidence]:
-    """Per split, the evidence the methods read: scoring reads the test split, fitting and training
-    the train split (a calibrator scores its base on the train split, so it needs the base's evidence there)."""
+    """Per split, the evidence the methods read: scoring reads the test (and calibration) split, fitting and
+    training the train split (a calibrator scores its base on the train split, so it needs the base's
+    evidence there)."""
     specs = [MethodSpec.parse(m) for m in methods]
     test = functools.reduce(lambda a, b: a | b, (s.needs for s in specs), Needs.NOTHING)
     train = functools.reduce(lambda a, b: a | b, (s.fit_needs for s in specs), Needs.NOTHING)
-    return {split: Evidence(Needs.HIDDEN_STATES in needs, samples if Needs.SAMPLES in needs else 0,
-                            Needs.TOKEN_STATS in needs)
-            for split, needs in (("train", train), ("test", test))}
+    evidence = {split: Evidence(Needs.HIDDEN_STATES in needs, samples if Needs.SAMPLES in needs else 0,
+                                Needs.TOKEN_STATS in needs)
+                for split, needs in (("train", train), ("test", test))}
+    return {**evidence, "calibration": evidence["test"]}  # calibration answers are scored like test answers
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -68,33 +70,35 @@ def check_methods(methods: Sequence[str]) -> None:
 
 @dataclass
 class DatasetRecords:
-    """A dataset's graded train and test answers from the base model."""
+    """A dataset's graded answers from the base model: train, test and (when tuning) calibration."""
 
     name: str
     train: list[Record]
     test: list[Record]
+    calibration: list[Record] = field(default_factory=list)
 
 
-def prepare_dataset(config: RunConfig, lm: LoadedModel, ds: DatasetSettings,
-                    evidence: dict[str, Evidence]) -> DatasetRecords:
-    """Generate (resumably) and grade one dataset's train and test answers under ``config.out/<key>``.
+def prepare_dataset(config: RunConfig, lm: LoadedModel, ds: DatasetSettings, evidence: dict[str, Evidence],
+                    splits: Sequence[str] = SPLITS) -> DatasetRecords:
+    """Generate (resumably) and grade one dataset's answers for ``splits`` under ``config.out/<key>``.
 
-    Files made with other generation settings (or other evidence) are stale and are regenerated.
+    Each split keeps a stamp of the settings that made it; a split made with other
+    settings (or other evidence) is stale and regenerated, the others are kept.
     """
     d = Path(config.out) / ds.key
-    files = {split: d / f"{split}.generations.jsonl" for split in SPLITS}
-    settings = {"model": config.model, "seed": config.seed, "temperature": config.generation.temperature,
-                "max_new_tokens": config.generation.max_new_tokens,
-                **{f"{split}_evidence": asdict(evidence[split]) for split in SPLITS}}
-    refresh_stamp(d / "generation-settings.json", settings, list(files.values()))
-    limits = {"train": ds.train_limit, "test": ds.test_limit}
-    graded = {}
-    for split in SPLITS:
+    limits = {"train": ds.train_limit, "test": ds.test_limit, "calibration": ds.calibration_limit}
+    graded: dict[str, list[Record]] = {}
+    for split in splits:
+        out = d / f"{split}.generations.jsonl"
+        settings = {"model": config.model, "seed": config.seed, "limit": limits[split],
+                    "temperature": config.generation.temperature, "max_new_tokens": config.generation.max_new_tokens,
+                    "evidence": asdict(evidence[split])}
+        refresh_stamp(d / f"{split}.generation-settings.json", settings, [out])
         examples = load_dataset(ds.name, split=split, limit=limits[split], seed=config.seed)
-        gens = generate_stage(lm, examples, files[split], config, evidence[split])
+        gens = generate_stage(lm, examples, out, config, evidence[split])
         graded[split] = grade_stage(gens, examples, d / f"{split}.records.jsonl")
-    log.info("%s: %d train / %d test answers", ds.key, len(graded["train"]), len(graded["test"]))
-    return DatasetRecords(ds.key, graded["train"], graded["test"])
+    log.info("%s: %s answers", ds.key, ", ".join(f"{len(v)} {k}" for k, v in graded.items()))
+    return DatasetRecords(ds.key, graded.get("train", []), graded.get("test", []), graded.get("calibration", []))
 
 
 def generate_stage(lm: LoadedModel, examples: Sequence[Example], out: Path, config: RunConfig,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gc
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..methods.base import MethodSpec
 from ..models import load_base_model
 from ..records import Record, atomic_write_text
+from ..training.config import TrainConfig
 from ..training.trainer import CHECKPOINT_DIR, TRAIN_LOG
 from .config import RunConfig
 from .stages import fingerprint, record_key, stamp_is
@@ -27,31 +29,45 @@ def trained_methods(methods: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def train_methods(config: RunConfig, records: Sequence[Record], root: Path) -> dict[str, Path]:
+def train_methods(config: RunConfig, records: Sequence[Record], root: Path,
+                  tuned: Mapping[str, Mapping[str, Any]] | None = None,
+                  ready: Mapping[str, Path] | None = None) -> dict[str, Path]:
     """Train every trained method the config lists on ``records``; reuse an artifact made the same way.
 
-    An artifact is reused while a fingerprint of the base model, the method's
-    full resolved config and the graded records matches its ``trained-from.txt``.
-    Each training loads its own copy of the base model and frees it afterwards,
-    so one training's added tokens and adapter never leak into another.
+    ``tuned`` holds, per method, the values a tuning search chose (they override the config's);
+    ``ready`` artifacts (the tuning's winners, trained on these very records) are used as they are.
     """
     artifacts: dict[str, Path] = {}
     for method in trained_methods(config.methods):
-        train_config = config.train_config(method)
-        out = root / method
-        made_from = fingerprint(config.model, method, train_config.model_dump(), record_key(records, graded=True))
-        if (out / "certa.json").exists() and stamp_is(out / TRAINED_FROM, made_from):
-            log.info("reusing trained %s at %s", method, out)
-        else:
-            _start_or_resume(out, made_from)
-            lm = load_base_model(config.model)
-            MethodSpec.parse(method).base_class.train(  # type: ignore[attr-defined]
-                lm, records, train_config, out, resume=True, in_place=True)
-            del lm
-            gc.collect()
-            atomic_write_text(out / TRAINED_FROM, made_from)
-        artifacts[method] = out
+        if ready and method in ready:
+            artifacts[method] = Path(ready[method])
+            continue
+        train_config = config.train_config(method, (tuned or {}).get(method))
+        artifacts[method] = train_artifact(config, method, train_config, records, root / method)
     return artifacts
+
+
+def train_artifact(config: RunConfig, method: str, train_config: TrainConfig, records: Sequence[Record],
+                   out: Path) -> Path:
+    """Train one artifact into ``out``, or reuse it while nothing it was made from changed.
+
+    An artifact is reused while a fingerprint of the base model, the method's
+    full resolved config and the graded records matches its ``trained-from.txt``.
+    Training loads its own copy of the base model and frees it afterwards, so one
+    training's added tokens and adapter never leak into another.
+    """
+    made_from = fingerprint(config.model, method, train_config.model_dump(), record_key(records, graded=True))
+    if (out / "certa.json").exists() and stamp_is(out / TRAINED_FROM, made_from):
+        log.info("reusing trained %s at %s", method, out)
+        return out
+    _start_or_resume(out, made_from)
+    lm = load_base_model(config.model)
+    MethodSpec.parse(method).base_class.train(  # type: ignore[attr-defined]
+        lm, records, train_config, out, resume=True, in_place=True)
+    del lm
+    gc.collect()
+    atomic_write_text(out / TRAINED_FROM, made_from)
+    return out
 
 
 def _start_or_resume(out: Path, made_from: str) -> None:

@@ -1,0 +1,84 @@
+"""The study's tuning stage: each trained method's hyper-parameters chosen on calibration-split answers.
+
+For every combination of the values a ``tuning.grids.<method>`` section lists,
+an artifact is trained on the pooled train answers (early stopping and the
+final recalibration use a held-out share of those, as always) and judged on the
+pooled *calibration*-split answers, a split no method trains on and the test
+numbers never see. The combination with the best criterion (Brier by default)
+is what the study then trains with; every row of the search is kept in
+``tuning.json`` and printed in the write-up, and the chosen values are stored in
+the final artifact's ``certa.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from ..methods.base import get_method
+from ..models import load_model
+from ..records import Record, atomic_write_text
+from .config import RunConfig
+from .stages import fingerprint
+from .training import train_artifact
+
+log = logging.getLogger(__name__)
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, in a stable order."""
+    names = sorted(grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def run_tuning(config: RunConfig, train: Sequence[Record], calibration: Sequence[Record], root: Path
+               ) -> dict[str, dict[str, Any]]:
+    """Search each grid; return (and write to ``root/tuning.json``) per method its rows and chosen values."""
+    assert config.tuning is not None
+    if not calibration:
+        raise ValueError("tuning needs calibration-split answers; none were generated")
+    results: dict[str, dict[str, Any]] = {}
+    for method, grid in config.tuning.grids.items():
+        rows = [_try(config, method, point, train, calibration, root / method) for point in grid_points(grid)]
+        best = min(rows, key=lambda row: row[config.tuning.criterion])
+        results[method] = {"grid": grid, "criterion": config.tuning.criterion, "rows": rows,
+                           "chosen": best["values"], "artifact": best["artifact"],
+                           "calibration_answers": len(calibration)}
+        _note_choice(Path(best["artifact"]), {k: v for k, v in results[method].items() if k != "rows"})
+        log.info("tuning %s: chose %s (%s %.4f)", method, best["values"], config.tuning.criterion,
+                 best[config.tuning.criterion])
+    atomic_write_text(root / "tuning.json", json.dumps(results, indent=1, default=str))
+    return results
+
+
+def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence[Record],
+         calibration: Sequence[Record], root: Path) -> dict[str, Any]:
+    train_config = config.train_config(method, values)
+    out = root / fingerprint(values)[:12]
+    artifact = train_artifact(config, method, train_config, train, out)
+    lm = load_model(artifact)
+    scores = get_method(method, model=lm)(calibration)
+    del lm
+    gc.collect()
+    correct = np.array([r.correct for r in calibration])
+    info = json.loads((artifact / "certa.json").read_text(encoding="utf-8"))
+    return {"values": values, "artifact": str(out), "brier": metrics.brier(scores, correct),
+            "nll": metrics.nll(scores, correct), "ece": metrics.ece(scores, correct),
+            "auroc": metrics.auroc(scores, correct), "steps": info.get("steps"),
+            "best_step": (info.get("validation") or {}).get("best_step")}
+
+
+def _note_choice(artifact: Path, tuning: dict[str, Any]) -> None:
+    """Record in the chosen artifact's ``certa.json`` how its settings were chosen."""
+    file = artifact / "certa.json"
+    info = json.loads(file.read_text(encoding="utf-8"))
+    if info.get("tuning") != tuning:
+        atomic_write_text(file, json.dumps({**info, "tuning": tuning}, indent=2, default=str))
