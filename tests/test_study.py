@@ -46,6 +46,7 @@ def study_config(tmp_path_factory, tiny_model_dir):
         "scaling": {"dataset": a, "test_limit": 8, "calibration_limit": 6, "budget": 3, "tau_sweep": [0.2, 0.8]},
         "tuning": {"grids": {"grace": {"token_lr": [0.05, 0.01]}}},
         "seeds": [1],
+        "learning_curve": {"sizes": [16, 1000]},
         "publish": {"markdown": str(root / "docs" / "RESULTS.md"), "discussion": str(discussion)},
     })
 
@@ -141,7 +142,7 @@ def test_run_time_section_adds_up_the_stages(study):
 
 
 def test_changed_training_config_trains_afresh_instead_of_resuming(study, study_config, monkeypatch):
-    plain = study_config.model_copy(update={"tuning": None, "seeds": [], "cross_domain": None, "scaling": None,
+    plain = study_config.model_copy(update={"tuning": None, "seeds": [], "learning_curve": None, "cross_domain": None, "scaling": None,
                                             "publish": None})
     run_study(plain)  # trains artifacts/grace with the config as it is
     calls: list[list[str]] = []
@@ -180,3 +181,16 @@ def test_seed_replicates_retrain_only_the_trained_methods(study):
     assert pooled["ece"][0] == pytest.approx(study.evaluation.methods["grace"]["ece"].value)
     assert (study.out / "artifacts" / "seed-1" / "grace" / "certa.json").exists()
     assert "## Over training seeds" in study.markdown.read_text()
+
+
+def test_learning_curve_trains_on_subsets_and_reuses_the_full_artifact(study):
+    curve = study.learning_curve
+    assert curve["sizes"] == [16, 40]  # 1000 is capped at the 40 pooled train answers
+    rows = {(r["method"], r["train_answers"]): r for r in curve["results"]}
+    assert set(rows) == {(m, n) for m in ("grace", "conftuner") for n in (16, 40)}
+    info = json.loads((study.out / "learning_curve" / "16" / "grace" / "certa.json").read_text())
+    assert info["data"]["records"] == 16
+    assert not (study.out / "learning_curve" / "40").exists() or not (study.out / "learning_curve" / "40" / "grace").exists()
+    full = study.evaluation.methods["grace"]["auroc"].value
+    assert rows[("grace", 40)]["auroc"]["value"] == pytest.approx(full)
+    assert "## With more training answers" in study.markdown.read_text()

@@ -96,6 +96,12 @@ class TuningSettings(_Strict):
     criterion: Literal["brier", "nll"] = Field("brier", description="what the calibration answers are judged by")
 
 
+class LearningCurveSettings(_Strict):
+    """Train the trained methods on growing subsets of the pooled train answers; evaluate each on the test answers."""
+
+    sizes: list[int] = Field(min_length=1, description="training answers per point (capped at those there are)")
+
+
 class PublishSettings(_Strict):
     """Where the study's Markdown write-up goes (e.g. docs/RESULTS.md) and what it splices in."""
 
@@ -118,6 +124,7 @@ class RunConfig(_Strict):
     cross_domain: CrossDomainSettings | None = None
     scaling: ScalingSettings | None = None
     tuning: TuningSettings | None = None
+    learning_curve: LearningCurveSettings | None = None
     publish: PublishSettings | None = None
     seed: int = 0
     seeds: list[int] = Field(default_factory=list, description="further seeds the trained methods are trained "

@@ -46,6 +46,7 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
         _per_dataset_section(result),
         _tuning_section(result.tuning),
         _seeds_section(result.seeds),
+        _learning_curve_section(result.learning_curve),
         _cross_domain_section(result.cross_domain),
         _cost_section(result.costs, result.evaluation.extra),
         _scaling_section(result.scaling, links.add(_copy(result.scaling.get("plot"), figures / "scaling.png"))),
@@ -178,6 +179,20 @@ def _seeds_section(seeds: dict[str, Any]) -> str:
             "(the shuffling, the held-out share that picks the stopping step, LoRA's start); every other method is "
             "seed-free. Mean ± standard deviation over seeds of each test metric.\n\n"
             + markdown_table(header, rows, align="r"))
+
+
+def _learning_curve_section(curve: dict[str, Any]) -> str:
+    """Trained methods' test metrics against the number of training answers."""
+    if not curve:
+        return ""
+    methods = list(dict.fromkeys(r["method"] for r in curve["results"]))
+    rows = []
+    for method in methods:
+        for r in (r for r in curve["results"] if r["method"] == method):
+            rows.append([_method_label(method), str(r["train_answers"]), fmt(r["auroc"]), fmt(r["ece"]), fmt(r["brier"])])
+    return (f"## With more training answers\n\nEach trained method trained on a seeded subset of the pooled train "
+            f"answers (same settings), evaluated on all {curve['test_answers']} test answers.\n\n"
+            + markdown_table(["method", "train answers", "AUROC ↑", "ECE ↓", "Brier ↓"], rows, align="r"))
 
 
 def _cross_domain_section(cross: dict[str, Any]) -> str:

@@ -22,4 +22,5 @@ class StudyResult:
     scaling: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)
     seeds: dict[str, Any] = field(default_factory=dict)
+    learning_curve: dict[str, Any] = field(default_factory=dict)
     markdown: Path | None = None

@@ -45,6 +45,7 @@ from .cache import cached_scores
 from .config import RunConfig
 from .costs import compute_seconds, generation_seconds, method_costs
 from .cross_domain import cross_domain_sources, run_cross_domain
+from .curve import score_learning_curve, train_learning_curve
 from .evaluate import evaluate_scored, provenance
 from .publish import write_results
 from .result import StudyResult
@@ -82,12 +83,15 @@ def run_study(config: RunConfig) -> StudyResult:
     cross_artifacts = {source: train_methods(config, data[source].train, out / "cross_domain" / f"trained-on-{source}",
                                              tuned)
                        for source in cross_domain_sources(config)}
+    curve_artifacts = (train_learning_curve(config, pooled_train, tuned, out, artifacts)
+                       if config.learning_curve else {})
 
     base = load_base_model(config.model)
     attached = attach_artifacts(base, {
         **artifacts,
         **{f"{m}@{source}": path for source, paths in cross_artifacts.items() for m, path in paths.items()},
         **{f"{m}#seed{seed}": path for seed, paths in seed_artifacts.items() for m, path in paths.items()},
+        **curve_artifacts,
     })
     views = {m: attached[m] for m in artifacts}
     cross_views = {source: {m: attached[f"{m}@{source}"] for m in paths} for source, paths in cross_artifacts.items()}
@@ -104,6 +108,9 @@ def run_study(config: RunConfig) -> StudyResult:
     cross = run_cross_domain(config, base, data, cross_views, cross_artifacts, out) if config.cross_domain else {}
     scaling = (run_scaling(config, config.dataset(config.scaling.dataset).key, views[config.scaling.confidence], out)
                if config.scaling else {})
+    curve = (score_learning_curve(config, pooled_train, [r for d in data.values() for r in d.test],
+                                  {name: attached[name] for name in curve_artifacts}, base, out)
+             if config.learning_curve else {})
     costs = method_costs(config.methods, data, scored, artifacts, scaling)
 
     extra = {
@@ -126,7 +133,7 @@ def run_study(config: RunConfig) -> StudyResult:
     )
     evaluation.save(out)
     evaluation.to_html(out / "report.html", title=f"certa — {config.model} on {', '.join(per_dataset)}")
-    result = StudyResult(out, evaluation, per_dataset, costs, artifacts, cross, scaling, tuning, seeds)
+    result = StudyResult(out, evaluation, per_dataset, costs, artifacts, cross, scaling, tuning, seeds, curve)
     if config.publish:
         result.markdown = write_results(config, result)
     return result
