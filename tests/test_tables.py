@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
-from certa.evaluation.frames import metrics_to_pandas, records_to_pandas, scores_to_pandas
 
 from certa.data.loaders import read_examples
 from certa.data.tables import examples_from_table
 from certa.errors import InputError, MissingDependencyError
 from certa.evaluation import METRICS, evaluate
+from certa.evaluation.frames import metrics_to_pandas, records_to_pandas, scores_to_pandas
 from certa.records import Example, Record, write_jsonl
 
 pd = pytest.importorskip("pandas")
