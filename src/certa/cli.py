@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -387,10 +388,17 @@ def _scores_for(path: Path, method: str, records) -> list[float]:
 
     by_id = {}
     for lineno, row in iter_jsonl(path):
-        value = (row.get("scores") or {}).get(method)
+        scores = row.get("scores")
+        value = scores.get(method) if isinstance(scores, dict) else None
         if value is None:
             raise InputError(f"{path}:{lineno}: no score for method {method!r}")
-        by_id[str(row.get("id"))] = float(value)
+        try:
+            number = float("nan") if isinstance(value, (bool, str)) else float(value)
+        except (TypeError, ValueError, OverflowError):
+            number = float("nan")
+        if not math.isfinite(number):
+            raise InputError(f"{path}:{lineno}: score {value!r} for method {method!r} is not a finite number")
+        by_id[str(row.get("id"))] = number
     missing = [r.id for r in records if r.id not in by_id]
     if missing:
         raise InputError(f"{path}: no score for record {missing[0]!r} ({len(missing)} missing)")

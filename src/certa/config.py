@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import InputError
+from .textfiles import read_text
 from .training.objective import TrainConfig
 
 DEFAULT_BASELINES: tuple[str, ...] = (
@@ -158,10 +159,11 @@ class RunConfig(_Strict):
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file and line."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: config file not found")
+    text = read_text(p, what="config file")  # UTF-8, BOM accepted; bad bytes name line and column
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise InputError(f"{p}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -20,6 +20,7 @@ import numpy as np
 
 from .evaluation import METRICS, Estimate
 from .records import atomic_write_bytes, atomic_write_text
+from .textfiles import read_text
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -51,7 +52,7 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
         _compute_section(result.evaluation.extra),
     ]
     if config.publish.discussion:
-        sections.append(Path(config.publish.discussion).read_text(encoding="utf-8").strip())
+        sections.append(read_text(config.publish.discussion, what="discussion file").strip())
     text = "\n\n".join(s for s in sections if s) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, ModelLoadError
+from ..textfiles import read_json_object
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -90,10 +91,7 @@ def read_artifact_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path) / ARTIFACT_FILE
     if not file.is_file():
         raise ModelLoadError(f"{path}: not a certa artifact (no {ARTIFACT_FILE})")
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{file}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    info = read_json_object(file)  # UTF-8 (BOM accepted); bad bytes or JSON name file and line
     for key in ("method", "base_model"):
         if key not in info:
             raise InputError(f"{file}: missing field {key!r}")
