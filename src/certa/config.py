@@ -165,12 +165,22 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except RecursionError:
         raise InputError(f"{p}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{p}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+        raise InputError(f"{p}{_yaml_problem(exc, text)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping at the top level")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """``:line: malformed YAML (problem)`` in one line, for parser errors and reader (character) errors."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        return f":{line}: malformed YAML (character {char} is not allowed in YAML)"
+    where = f":{mark.line + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"{where}: malformed YAML ({problem})"
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -54,6 +54,8 @@ class Example:
             raise InputError(
                 f"example {self.id!r}: field 'answer_type' is {self.answer_type!r}; expected one of {ANSWER_TYPES}"
             )
+        if self.choices is not None and not _is_str_list(self.choices):
+            raise InputError(f"example {self.id!r}: field 'choices' must be a list of strings")
         if self.answer_type == "choice" and not self.choices:
             raise InputError(f"example {self.id!r}: answer_type 'choice' needs a non-empty 'choices' list")
 
@@ -155,7 +157,15 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             raise InputError(f"{where}: {exc}") from None
     if isinstance(obj, Record):
         _check_finite(obj.correct, "correct", where)
+        for name in ("answers", "choices"):
+            value = getattr(obj, name)
+            if value is not None and not _is_str_list(value):
+                raise InputError(f"{where}: field {name!r} must be a list of strings")
     return obj
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _check_finite(value: float, name: str, where: str) -> None:

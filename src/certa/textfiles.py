@@ -117,10 +117,10 @@ def _decoded_lines(p: Path, fh: IO[bytes]) -> Iterator[tuple[int, str]]:
     lineno = 0
     try:
         for chunk in fh:  # chunks end at b"\n"; splitlines also ends a line at a lone b"\r"
+            if lineno == 0:
+                chunk = _strip_bom(p, chunk)
             for raw in chunk.splitlines():
                 lineno += 1
-                if lineno == 1:
-                    raw = _strip_bom(p, raw)
                 try:
                     yield lineno, raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
