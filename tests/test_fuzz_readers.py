@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from certa.records import Example, Generation, JsonlAppender, Record, read_jsonl
 from certa.textfiles import iter_lines
 from certa.training.artifact import read_artifact_info
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Examples per test; CERTA_FUZZ_EXAMPLES=3000 for a longer campaign.
+FUZZ = settings(max_examples=int(os.environ.get("CERTA_FUZZ_EXAMPLES", 300)), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
 
 # ── strategies ───────────────────────────────────────────────────────────────────────────────
 

@@ -148,6 +148,8 @@ def grade(
     from .records import Generation, read_jsonl
 
     gens = read_jsonl(inp, Generation)
+    if not gens:
+        raise InputError(f"{inp}: no generations to grade")
     examples = load_dataset(dataset, split="all")
     records = grade_stage(gens, examples, out)
     acc = sum(r.correct for r in records) / len(records)
