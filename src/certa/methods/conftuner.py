@@ -305,7 +305,9 @@ def generate_confidence_text(lm: LoadedModel, records: Sequence[Record], *, max_
         chunk = texts[start:start + batch_size]
         enc = lm.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
         with torch.no_grad():
-            out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            # input ids and mask only: some tokenizers add token_type_ids, which generate() refuses
+            out = lm.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                    max_new_tokens=max_new_tokens, do_sample=False,
                                     pad_token_id=lm.tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         written.extend(lm.tokenizer.batch_decode(new, skip_special_tokens=True))
