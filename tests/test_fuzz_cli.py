@@ -31,6 +31,15 @@ CLI = settings(max_examples=int(os.environ.get("CERTA_FUZZ_EXAMPLES", 30)), dead
 _counter = itertools.count()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _in_a_scratch_directory(tmp_path_factory):
+    """Commands given no --out write to the working directory (scores.jsonl, eval/, report.html)."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, tiny_model_dir) -> dict[str, str]:
     """Inputs of every kind the commands read, good and bad."""
