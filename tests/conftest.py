@@ -12,6 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tiny import build_tiny_model  # noqa: E402
 
+# Lists (CERTA_DEPRECATIONS=report, the default) or fails on (=error) deprecated APIs certa's own code uses.
+pytest_plugins = ["deprecation_guard"]
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

@@ -34,7 +34,31 @@ def row(i, **extra):
 # --- registry and bundled files --------------------------------------------------------------
 
 def test_dataset_names_cover_bundled_and_generated():
-    assert set(dataset_names()) == {"arithmetic", "capitals", *BUNDLED}
+    assert set(dataset_names()) == {"arithmetic", "arithmetic-easy", "capitals", "capitals-phrased", *BUNDLED}
+
+
+@pytest.mark.parametrize("name", ["capitals-phrased", "arithmetic-easy"])
+def test_phrasings_of_one_fact_share_a_split_and_test_has_300_answers(name):
+    from certa.data.loaders import split_key
+
+    examples = load_dataset(name, split="all")
+    splits: dict[str, set[str]] = {}
+    for ex in examples:
+        splits.setdefault(split_key(ex), set()).add(split_of(split_key(ex)))
+    assert all(len(s) == 1 for s in splits.values())
+    assert sum(len(members) > 1 for members in _groups(examples).values()) > 50  # several phrasings per fact
+    test = load_dataset(name, split="test")
+    assert len(test) >= 300 and {split_key(ex) for ex in test}.isdisjoint(
+        {split_key(ex) for ex in load_dataset(name, split="train")})
+
+
+def _groups(examples):
+    from certa.data.loaders import split_key
+
+    groups: dict[str, list] = {}
+    for ex in examples:
+        groups.setdefault(split_key(ex), []).append(ex)
+    return groups
 
 
 @pytest.mark.parametrize("name", BUNDLED)

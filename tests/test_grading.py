@@ -11,6 +11,7 @@ from certa.data import LLMJudge, extract_answer, get_grader, grade, grader_names
 from certa.data.answers import canonical_number
 from certa.data.grading import gold_letter
 from certa.errors import CertaError, InputError, UnknownNameError
+from certa.http import Retry
 from certa.records import Example, Generation
 
 
@@ -257,7 +258,7 @@ def judge_with(reply: str | None, calls: list[dict], status: int = 200) -> LLMJu
             return httpx.Response(status, text="rate limited")
         return httpx.Response(200, json={"choices": [{"message": {"role": "assistant", "content": reply}}]})
     return LLMJudge("http://judge.test/v1/", "judge-model", api_key="sk-test",
-                    transport=httpx.MockTransport(handler))
+                    retry=Retry(attempts=2, backoff=0.0), transport=httpx.MockTransport(handler))
 
 
 def test_judge_sends_an_openai_chat_request_and_parses_yes():
@@ -288,9 +289,11 @@ def test_judge_counts_unparseable_replies_as_wrong():
 
 
 def test_judge_http_error_is_a_certa_error():
-    judge = judge_with(None, [], status=429)
-    with pytest.raises(CertaError, match="HTTP 429"):
+    calls: list[dict] = []
+    judge = judge_with(None, calls, status=429)
+    with pytest.raises(CertaError, match=r"HTTP 429 \('rate limited'\) after 2 attempts"):
         judge("Raphael", short(["Leonardo"]))
+    assert len(calls) == 2   # a rate limit is retried (certa.http), up to the attempts allowed
 
 
 def test_judge_lists_options_for_choice_examples():

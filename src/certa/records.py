@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -19,6 +20,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .errors import InputError
+from .textfiles import iter_json_objects, json_type
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory lock
+    fcntl = None  # type: ignore[assignment]
 
 AnswerType = Literal["numeric", "short", "choice"]
 ANSWER_TYPES: tuple[str, ...] = ("numeric", "short", "choice")
@@ -47,6 +54,8 @@ class Example:
             raise InputError(
                 f"example {self.id!r}: field 'answer_type' is {self.answer_type!r}; expected one of {ANSWER_TYPES}"
             )
+        if self.choices is not None and not _is_str_list(self.choices):
+            raise InputError(f"example {self.id!r}: field 'choices' must be a list of strings")
         if self.answer_type == "choice" and not self.choices:
             raise InputError(f"example {self.id!r}: answer_type 'choice' needs a non-empty 'choices' list")
 
@@ -132,6 +141,8 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise InputError(f"{where}: missing field {missing[0]!r}")
     known = {k: v for k, v in data.items() if k in names}
     extra = {k: v for k, v in data.items() if k not in names}
+    if "meta" in known and known["meta"] is not None and not isinstance(known["meta"], dict):
+        raise InputError(f"{where}: field 'meta' must be a JSON object, got {json_type(known['meta'])}")
     if extra:
         known["meta"] = {**(known.get("meta") or {}), **extra}
     try:
@@ -146,27 +157,32 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             raise InputError(f"{where}: {exc}") from None
     if isinstance(obj, Record):
         _check_finite(obj.correct, "correct", where)
+        for name in ("answers", "choices"):
+            value = getattr(obj, name)
+            if value is not None and not _is_str_list(value):
+                raise InputError(f"{where}: field {name!r} must be a list of strings")
     return obj
 
 
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def _check_finite(value: float, name: str, where: str) -> None:
-    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+    try:
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise InputError(f"{where}: field {name!r} must be a finite number, got {value!r}")
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; malformed JSON names file and line."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: file not found")
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    """Yield (line number, object) for each non-blank line; every problem names file and line.
+
+    UTF-8 with or without a byte-order mark; see :func:`certa.textfiles.iter_json_objects`.
+    """
+    return iter_json_objects(path)
 
 
 def read_jsonl(path: str | os.PathLike[str], cls: type[T]) -> list[T]:
@@ -214,13 +230,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_lines(path, [text.rstrip("\n")])
 
 
-def _drop_torn_last_line(path: Path) -> None:
-    """A run killed mid-write can leave a partial last line; drop it so the resume can read the rest."""
-    text = path.read_text(encoding="utf-8")
-    if not text or text.endswith("\n"):
+def _drop_torn_last_line(fd: int) -> None:
+    """A run killed mid-write can leave a partial last line; drop it so the resume can read the rest.
+
+    Works on bytes, so a line torn inside a multi-byte character is dropped too.
+    """
+    size = os.fstat(fd).st_size
+    if size == 0:
         return
-    cut = text.rfind("\n") + 1
-    path.write_text(text[:cut], encoding="utf-8")
+    tail = 1 << 16
+    pos = size
+    while pos > 0:  # find the last b"\n", reading backwards in blocks
+        start = max(0, pos - tail)
+        os.lseek(fd, start, os.SEEK_SET)
+        block = os.read(fd, pos - start)
+        if pos == size and block.endswith(b"\n"):
+            return
+        cut = block.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, start + cut + 1)
+            return
+        pos = start
+    os.ftruncate(fd, 0)
 
 
 def _umask() -> int:
@@ -234,6 +265,11 @@ class JsonlAppender:
 
     Long generation writes each finished record as it goes, so a killed run
     loses nothing; ``done_ids`` lets a re-run skip what is already there.
+
+    The ``.partial`` file is held under an exclusive advisory lock (``flock``)
+    from opening to ``close``, so a second process given the same output
+    refuses with :class:`InputError` instead of writing duplicates into it.
+    The operating system drops the lock when the process ends, however it ends.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
@@ -241,25 +277,62 @@ class JsonlAppender:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done_ids: set[str] = set()
-        if self.partial.exists():
-            _drop_torn_last_line(self.partial)
-        elif self.path.exists():
-            self.partial.write_text(self.path.read_text(encoding="utf-8"), encoding="utf-8")
-        if self.partial.exists():
+        self._fd = self._open_locked()
+        self._created = False
+        try:
+            _drop_torn_last_line(self._fd)
+            if os.fstat(self._fd).st_size == 0 and self.path.exists():
+                # Resume from a finished file: copy it in, then append.
+                with self.path.open("rb") as src, os.fdopen(os.dup(self._fd), "ab") as dst:
+                    shutil.copyfileobj(src, dst)
+            self._created = os.fstat(self._fd).st_size == 0
             for _, obj in iter_jsonl(self.partial):
                 self.done_ids.add(str(obj.get("id")))
-        self._fh = self.partial.open("a", encoding="utf-8")
+        except BaseException:
+            self._release(keep=not self._created)
+            raise
+
+    def _open_locked(self) -> int:
+        """Open (creating) and lock ``.partial``; retry if a finishing writer renamed it away meanwhile."""
+        while True:
+            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise InputError(f"{self.path}: another certa process is writing this file (its "
+                                     f"{self.partial.name} is locked); wait for it or choose another output") from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.partial))
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)  # we locked a file another writer has since renamed to its final name
 
     def append(self, item: Generation | Record | dict[str, Any]) -> None:
         row = item if isinstance(item, dict) else to_dict(item)
-        self._fh.write(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n")
-        self._fh.flush()
+        line = json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n"
+        data = memoryview(line.encode("utf-8"))
+        while data:  # a regular file takes it in one write; loop in case it does not
+            data = data[os.write(self._fd, data):]
+        self._created = False
         self.done_ids.add(str(row["id"]))
 
     def close(self) -> Path:
-        self._fh.close()
-        os.replace(self.partial, self.path)
+        os.replace(self.partial, self.path)  # before unlocking: a waiting writer then sees the rename (samestat)
+        self._release(keep=True)
         return self.path
+
+    def _release(self, keep: bool) -> None:
+        """Close the file (dropping the lock); an empty ``.partial`` this run created is removed first."""
+        if self._fd < 0:
+            return
+        if not keep:
+            self.partial.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = -1
 
     def __enter__(self) -> JsonlAppender:
         return self
@@ -268,4 +341,4 @@ class JsonlAppender:
         if exc_type is None:
             self.close()
         else:
-            self._fh.close()  # keep .partial so the next run resumes
+            self._release(keep=not self._created)  # keep .partial so the next run resumes

@@ -72,7 +72,7 @@ def read_scores(path: str | os.PathLike[str]) -> ScoreTable:
 def _finite(value: Any, name: str, where: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{where}: field {name!r} is not a number ({value!r})") from None
     if not np.isfinite(number):
         raise InputError(f"{where}: field {name!r} is {value!r}; confidences must be finite")

@@ -10,6 +10,7 @@ import typer
 
 from ..data import grade as grade_answers
 from ..data import load_dataset, read_graded
+from ..errors import InputError
 from ..evaluation import evaluate as run_evaluate
 from ..generation import DEFAULTS, GenerationSettings
 from ..generation import generate as generate_answers
@@ -60,6 +61,8 @@ def grade(
 ) -> None:
     """Grade generations against the dataset's answers (joined by id)."""
     records = grade_answers(read_jsonl(inp, Generation), load_dataset(dataset, split="all"))
+    if not records:
+        raise InputError(f"{inp}: no generations to grade")
     write_jsonl(out, records)
     acc = sum(r.correct for r in records) / len(records)
     console.print(f"graded {len(records)} answers: accuracy {acc:.3f} → {out}")

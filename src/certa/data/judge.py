@@ -9,11 +9,10 @@ base_url=..., model=...)``.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import httpx
 
-from ..errors import CertaError
+from ..http import JsonClient, Retry
 from ..prompts import format_choices
 from ..records import Example
 from .text import normalize_text
@@ -47,15 +46,18 @@ class LLMJudge:
     Calls ``POST {base_url}/chat/completions`` at temperature 0; identical
     (question, response) pairs are asked once. A reply that is neither yes nor no
     grades as wrong and is counted in ``failures`` (and logged), so a run never
-    silently drops it. ``transport`` lets tests substitute ``httpx.MockTransport``.
+    silently drops it. Requests go through :class:`certa.http.JsonClient`: rate limits and
+    server errors are retried with backoff within ``retry.deadline``; the key is ``api_key`` or
+    the ``api_key_env`` variable. ``transport`` lets tests substitute ``httpx.MockTransport``.
     """
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *,
-                 timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+                 timeout: float = 60.0, retry: Retry = Retry(), api_key_env: str | None = "OPENAI_API_KEY",
+                 transport: httpx.BaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
+        self.client = JsonClient(self.base_url, api_key=api_key, api_key_env=api_key_env, timeout=timeout,
+                                 retry=retry, what="LLM judge", transport=transport)
         self.failures = 0
         self._cache: dict[tuple[str, str], float] = {}
 
@@ -75,18 +77,8 @@ class LLMJudge:
         return verdict
 
     def _complete(self, messages: list[dict[str, str]]) -> str:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0, "max_tokens": 5}
-        try:
-            resp = self.client.post("/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise CertaError(f"LLM judge at {self.base_url} unreachable: {exc}") from None
-        if resp.status_code != 200:
-            raise CertaError(f"LLM judge at {self.base_url} answered HTTP {resp.status_code}: {resp.text[:200]!r}")
-        try:
-            return str(resp.json()["choices"][0]["message"]["content"] or "")
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise CertaError(f"LLM judge at {self.base_url} sent a reply that is not a chat completion: "
-                             f"{resp.text[:200]!r}") from None
+        # 429 / 5xx / timeouts are retried within the deadline (certa.http); failures are one CertaError line.
+        return self.client.chat(self.model, messages, temperature=0, max_tokens=5)
 
     def close(self) -> None:
         self.client.close()

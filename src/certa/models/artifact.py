@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError, ModelLoadError
+from ..textfiles import read_json_object
 from ..versions import package_versions
 from .adapters import is_peft_model
 from .loaded import LoadedModel
@@ -97,14 +98,7 @@ def read_artifact_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(path) / ARTIFACT_FILE
     if not file.is_file():
         raise ModelLoadError(f"{path}: not a certa artifact (no {ARTIFACT_FILE})")
-    try:
-        info = json.loads(file.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{file}:{exc.lineno}: malformed JSON ({exc.msg})") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{file}: not UTF-8 text (byte {exc.start})") from None
-    if not isinstance(info, dict):
-        raise InputError(f"{file}: expected a JSON object")
+    info = read_json_object(file)  # UTF-8 (BOM accepted); bad bytes or JSON name file and line
     for key in ("method", "base_model"):
         if key not in info:
             raise InputError(f"{file}: missing field {key!r}")

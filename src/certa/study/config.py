@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ..errors import CertaError, InputError, validation_error
 from ..generation import GenerationSettings as DecodingSettings
 from ..methods.base import MethodSpec
+from ..textfiles import read_text
 from ..training.config import TrainConfig
 
 DEFAULT_BASELINES: tuple[str, ...] = (
@@ -202,16 +203,35 @@ class RunConfig(_Strict):
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping; errors name the file and line."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: config file not found")
+    text = read_text(p, what="config file")  # UTF-8, BOM accepted; bad bytes name line and column
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{p}: not UTF-8 text (byte {exc.start} cannot be decoded)") from None
+        data = yaml.safe_load(text) or {}
+    except RecursionError:
+        raise InputError(f"{p}: YAML nested too deeply") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{p}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+        raise InputError(f"{p}{_yaml_problem(exc, text)}") from None
     if not isinstance(data, dict):
         raise InputError(f"{p}: expected a mapping at the top level")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """``:line: malformed YAML (problem)`` in one line, for parser errors and reader (character) errors."""
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        return f":{line}: malformed YAML (character {char} is not allowed in YAML)"
+    where = f":{mark.line + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"{where}: malformed YAML ({problem})"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first problem of a pydantic error as one line that names the field."""
+    err = exc.errors()[0]
+    field = ".".join(str(part) for part in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {field!r}"
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"field {field!r}: {message}" if field else message

@@ -21,6 +21,7 @@ from ..evaluation import METRICS, Estimate, EvaluationResult, markdown_table, me
 from ..evaluation.figures import figure_png, plot_reliability
 from ..methods.base import MethodSpec
 from ..records import atomic_write_bytes, atomic_write_text
+from ..textfiles import read_text
 from .claims import claims_section
 from .result import StudyResult
 from .seeds import mean_sd
@@ -54,7 +55,7 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
         _compute_section(result.evaluation.extra),
     ]
     if config.publish.discussion:
-        sections.append(Path(config.publish.discussion).read_text(encoding="utf-8").strip())
+        sections.append(read_text(config.publish.discussion, what="discussion file").strip())
     text = "\n\n".join(s for s in sections if s) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)

@@ -217,16 +217,19 @@ def expected_confidence(probs: np.ndarray, tokens: ConfidenceTokens) -> np.ndarr
 
 _NUMBER = r"(\d+(?:\.\d+)?|\.\d+)"
 _TAIL = r"(\s*%|\s*/\s*\d+(?:\.\d+)?)?"
-_KEYWORD = r"confidence(?:\s+(?:level|score))?\s*(?:is\b|of\b|[:=])?\s*(?:about|around|roughly|approximately|~)?\s*"
+# Each optional part takes its own leading whitespace, so no two ``\s*`` compete for the same spaces:
+# adjacent ones made "confidence" + many spaces backtrack in cubic time (800 spaces: 12 s).
+_KEYWORD = (r"confidence(?:\s+(?:level|score))?(?:\s*(?:is\b|of\b|[:=]))?"
+            r"(?:\s*(?:about|around|roughly|approximately|~))?\s*")
 _AFTER_KEYWORD = re.compile(_KEYWORD + _NUMBER + _TAIL, re.IGNORECASE)
-_BARE = re.compile(r"\s*" + _NUMBER + _TAIL + r"\s*\.?\s*")
-_PERCENT = re.compile(_NUMBER + r"\s*%")
+_BARE = re.compile(r"\s*" + _NUMBER + _TAIL + r"\s*(?:\.\s*)?")
+_PERCENT = re.compile(r"(?<!\d)" + _NUMBER + r"\s*%")  # starts only where a number starts: linear, not quadratic
 WORD_LEVELS: dict[str, float] = {"very low": 0.1, "low": 0.25, "medium": 0.5, "moderate": 0.5,
                                  "high": 0.75, "very high": 0.9}
 """Confidence for coarse verbal levels; certa's choice (the papers ask for numbers)."""
 _WORDS = "|".join(sorted((w.replace(" ", r"\s+") for w in WORD_LEVELS), key=len, reverse=True))
 _WORD_AFTER_KEYWORD = re.compile(_KEYWORD + rf"({_WORDS})\b", re.IGNORECASE)
-_BARE_WORD = re.compile(rf"\s*({_WORDS})\s*\.?\s*", re.IGNORECASE)
+_BARE_WORD = re.compile(rf"\s*({_WORDS})\s*(?:\.\s*)?", re.IGNORECASE)
 
 
 def parse_confidence(text: str, *, scale: int | None = None) -> float | None:
