@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -194,12 +195,25 @@ def test_linear_probe_learns_a_linear_signal():
     assert _auroc(probe, _hidden_records(200, seed=1)) > 0.9
 
 
-def test_linear_probe_accepts_partial_credit():
+def test_linear_probe_fits_partial_credit_as_a_soft_target():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     records = _hidden_records(100, seed=2)
     for r in records[:10]:
-        r.correct = 0.5
+        r.correct = 0.3
     scores = get_method("linear_probe").fit(records)(records)
-    assert scores.shape == (100,) and np.all((scores >= 0) & (scores <= 1))
+    # By hand: each row twice, labelled 1 with weight y and 0 with weight 1 - y (cross-entropy to y).
+    x = np.array([r.hidden_state for r in records])
+    y = np.array([r.correct for r in records])
+    both, labels, weights = np.vstack([x, x]), np.r_[np.ones(100), np.zeros(100)], np.r_[y, 1 - y]
+    keep = weights > 0
+    scaler = StandardScaler().fit(both[keep])  # standardised over the rows the logistic fit sees
+    reference = LogisticRegression(max_iter=2000).fit(scaler.transform(both[keep]), labels[keep],
+                                                      sample_weight=weights[keep])
+    np.testing.assert_allclose(scores, reference.predict_proba(scaler.transform(x))[:, 1], atol=1e-6)
+    hard = [dataclasses.replace(r, correct=float(r.correct > 0.5)) for r in records]
+    assert not np.allclose(scores, get_method("linear_probe").fit(hard)(hard), atol=1e-3)  # the 0.3s mattered
 
 
 def test_linear_probe_errors_name_the_problem():
@@ -322,3 +336,22 @@ def test_base_rate_is_the_training_accuracy_for_every_answer():
     assert method(test).tolist() == [0.25, 0.25, 0.25]
     with pytest.raises(CertaError, match="must be fitted"):
         get_method("base_rate")(test)
+
+
+def test_scores_outside_the_unit_interval_are_an_error_not_a_silent_clip():
+    from certa.methods.base import check_scores
+
+    np.testing.assert_allclose(check_scores([0.0, 1.0 + 1e-9, -1e-9], 3, "m"), [0.0, 1.0, 0.0])  # rounding
+    with pytest.raises(CertaError, match="'m' returned 1 confidences outside"):
+        check_scores([0.2, 1.3], 2, "m")
+
+
+def test_temperature_scaling_at_its_bound_warns_loudly():
+    from certa.methods.calibration import CalibrationWarning
+
+    records = [record(f"t{i}", correct=float(i % 7 == 0), token_logprobs=[-0.01 * (i % 3)]) for i in range(70)]
+    method = get_method("sequence_likelihood+temperature")
+    with pytest.warns(CalibrationWarning, match="hit its bound"):
+        method.fit(records)
+    assert method.diagnostics()["at_bound"] is True
+    np.testing.assert_allclose(method(records), 0.5, atol=0.05)  # what the warning is about: a near-constant 0.5

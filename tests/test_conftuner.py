@@ -85,7 +85,8 @@ def test_items_are_the_answer_and_its_verbal_suffix_and_carry_the_label(tiny_lm)
     assert [it["correct"] for it in items] == [r.correct for r in records]
     first = items[0]
     text = tiny_lm.tokenizer.decode(first["prompt"] + first["response"] + first["suffix"])
-    assert text == verbal_prompt(tiny_lm, records[0], objective.tokens)
+    assert text == verbal_prompt(tiny_lm, records[0], objective.tokens, "cue")
+    assert text.endswith("7<|im_end|>\nConfidence: ")  # the tuned read-out needs only the cue
     assert text.endswith(objective.tokens.cue.lstrip("\n")) and "What is 3 + 4?" in text
     assert tiny_lm.tokenizer.decode(first["response"], skip_special_tokens=True) == "7"
 
@@ -240,7 +241,7 @@ def test_score_is_the_expected_confidence_of_a_forward_with_the_adapter_on_the_s
     scores = method(records)
     tokens = confidence_tokens(lm.tokenizer)
     direct = []
-    for prompt, response, suffix in verbal_inputs(lm, records, tokens):
+    for prompt, response, suffix in verbal_inputs(lm, records, tokens, "cue"):
         ids = prompt + response + suffix
         handles = _lora_on_last(lm.model.get_base_model(), 1 + len(suffix), lm.adapter)
         try:
@@ -284,11 +285,63 @@ def test_read_answers_errors_name_file_line_and_field(tmp_path):
         read_answers(path)
 
 
-def test_text_readout_keeps_unparsed_answers(trained):
+def test_text_readout_is_the_greedy_continuation_parsed_and_failures_are_kept(trained):
+    from certa.methods.prompting.verbalized import parse_confidence
+
     _, lm = trained
     records = make_records()[:4]
     result = generate_confidence_text(lm, records, max_new_tokens=3)
-    assert len(result.values) == len(result.texts) == 4
-    parsed = ~np.isnan(result.values)
-    assert result.failures == int((~parsed).sum())
-    assert np.all((result.values[parsed] >= 0) & (result.values[parsed] <= 1))
+    tokens = confidence_tokens(lm.tokenizer)
+    for record, written, value in zip(records, result.texts, result.values, strict=True):
+        (prompt, response, suffix), = verbal_inputs(lm, [record], tokens, "cue")
+        ids = torch.tensor([prompt + response + suffix])
+        with torch.no_grad(), lm.adapter_enabled():
+            for _ in range(3):  # greedy, one token at a time, from a plain forward
+                ids = torch.cat([ids, lm.model(input_ids=ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert written == lm.tokenizer.decode(ids[0, -3:], skip_special_tokens=True)
+        expected = parse_confidence(tokens.cue + written, scale=tokens.scale)
+        assert (np.isnan(value) and expected is None) or value == pytest.approx(expected)
+    assert result.failures == int(np.isnan(result.values).sum())
+
+
+def test_t100_levels_train_and_read_when_numbers_are_single_tokens(tiny_model_dir, tmp_path):
+    from certa.models import load_model
+
+    lm = load_model(str(tiny_model_dir), device="cpu")
+    # Stand-in for a tokenizer that keeps "0".."100" whole (Llama 3 style): add "10".."100" as tokens.
+    lm.tokenizer.add_tokens([str(i) for i in range(10, 101)])
+    lm.model.resize_token_embeddings(len(lm.tokenizer), mean_resizing=False)
+    out = train_conftuner(lm, make_records(), config(max_steps=3, epochs=3, validation_fraction=0), tmp_path / "t100",
+                          progress=False)
+    tuned = load_model(str(out), device="cpu")
+    probs, tokens = level_probabilities(tuned, make_records())
+    assert tokens.scale == 100 and probs.shape == (len(QUESTIONS), 101)
+    assert tuned.tokenizer.convert_ids_to_tokens(tokens.token_ids[100]) == "100"
+    scores = get_method("conftuner", model=tuned)(make_records())
+    np.testing.assert_allclose(scores, probs @ np.arange(101) / 100, atol=1e-6)
+
+
+def test_the_follow_up_prompt_trains_too(tiny_lm, tmp_path):
+    out = train_conftuner(tiny_lm, make_records(), config(prompt="follow_up", max_steps=2), tmp_path / "fu",
+                          progress=False)
+    from certa.models import load_model
+
+    tuned = load_model(str(out), device="cpu")
+    assert tuned.artifact["train_config"]["prompt"] == "follow_up"
+    assert get_method("conftuner", model=tuned)(make_records()).shape == (len(QUESTIONS),)
+
+
+def test_a_full_mode_artifact_answers_with_its_adapter(tiny_lm, tmp_path):
+    from certa.models import load_model
+
+    out = train_conftuner(tiny_lm, make_records(), config(mode="full", max_steps=2), tmp_path / "full", progress=False)
+    tuned = load_model(str(out), device="cpu")
+    assert tuned.artifact["method_info"]["answers_use_adapter"] is True
+    layers = [m for m in tuned.model.modules() if hasattr(m, "disable_adapters") and hasattr(m, "lora_A")]
+    with tuned.answering():
+        assert layers and not any(layer.disable_adapters for layer in layers)
+    suffix_mode = load_model(str(train_conftuner(tiny_lm, make_records(), config(max_steps=1), tmp_path / "s",
+                                                 progress=False)), device="cpu")
+    with suffix_mode.answering():
+        assert all(m.disable_adapters for m in suffix_mode.model.modules()
+                   if hasattr(m, "disable_adapters") and hasattr(m, "lora_A"))

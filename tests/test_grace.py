@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -192,3 +193,118 @@ def test_errors(lively_dir, train_records, tmp_path):
         train_grace(lm, bare, CONFIG, tmp_path)
     with pytest.raises(CertaError, match="needs a trained GrACE artifact"):
         get_method("grace", model=lm)(train_records)
+
+
+# ── what training does, in the settings the papers use ──────────────────────────────────────
+
+
+def _yes_no_records(lm, n: int = 48) -> list[Record]:
+    """Answers whose correctness is written in them ("yes" right, "no" wrong): linearly decodable by design."""
+    from certa.generation import generate
+
+    examples = [Example(id=f"yn{i}", question=f"Is {i} a number?", answers=["yes"]) for i in range(n)]
+    gens = generate(lm, examples, max_new_tokens=2, hidden_states=True, progress=False)
+    records = []
+    for i, (gen, example) in enumerate(zip(gens, examples, strict=True)):
+        answer = "yes" if i % 2 else "no"
+        ids = lm.tokenizer(answer, add_special_tokens=False)["input_ids"] + [lm.tokenizer.eos_token_id]
+        gen.token_ids, gen.response = ids, answer
+        records.append(Record.from_generation(gen, example, float(answer == "yes")))
+    # The hidden state must describe the answer the read-out sees: recompute it from the edited answers.
+    cache_states = offline_states(lm, records)
+    for record, state in zip(records, cache_states, strict=True):
+        record.hidden_state = state
+    return records
+
+
+def offline_states(lm, records):
+    from certa.methods.answer_cache import answer_ids, encode_answers
+
+    cache = encode_answers(lm.model, [answer_ids(lm, r) for r in records], lm.tokenizer.pad_token_id, hidden=True)
+    return cache.last_hidden.tolist()
+
+
+def _brier(conf, records) -> float:
+    return float(np.mean((np.asarray(conf) - np.array([r.correct for r in records])) ** 2))
+
+
+def test_training_measurably_improves_calibration_when_correctness_is_decodable(lively_dir, tmp_path):
+    lm = _load(lively_dir)
+    records = _yes_no_records(lm)
+    config = GraceConfig(epochs=12, batch_size=8, lr=2e-2, token_lr=5e-2, targets="binary", save_every=1000,
+                         validation_fraction=0, seed=3)
+    out = train_grace(lm, records, config, tmp_path / "yn", progress=False)
+    trained = _load(out)
+    before = _brier(np.full(len(records), np.mean([r.correct for r in records])), records)  # where c starts
+    after = _brier(get_method("grace", model=trained)(records), records)
+    assert after < 0.5 * before, (before, after)
+
+
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_untied_embeddings_train_both_rows_and_score_end_to_end(tmp_path, loss):
+    from tiny import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "untied", tie_embeddings=False)
+    lm = _load(path)
+    assert lm.model.get_output_embeddings().weight is not lm.model.get_input_embeddings().weight
+    records = _yes_no_records(lm, 24)
+    config = GraceConfig(epochs=2, batch_size=8, token_lr=5e-2, calibration_loss=loss, validation_fraction=0)
+    out = train_grace(lm, records, config, tmp_path / "artifact", in_place=True, progress=False)
+    loaded = _load(out)
+    cnf = loaded.tokenizer.convert_tokens_to_ids(CNF_TOKEN)
+    base = _load(path)
+    with torch.no_grad(), loaded.adapter_enabled():
+        head = loaded.model.get_output_embeddings()(torch.eye(head_dim := base.model.config.hidden_size))[:, cnf]
+        row = loaded.model.get_input_embeddings()(torch.tensor([cnf]))[0]
+    assert head.shape == (head_dim,) and not torch.allclose(head, row)  # two rows, each its own
+    np.testing.assert_allclose(get_method("grace", model=loaded, raw=True)(records),
+                               offline_confidence(lm, records), atol=1e-5)
+    assert loaded.artifact["train_config"]["calibration_loss"] == loss
+
+
+def test_full_mode_weighs_the_lm_loss_by_lambda(lively_dir, train_records, tmp_path):
+    lm = _load(lively_dir)
+    config = CONFIG.model_copy(update={"mode": "full", "max_steps": 2, "lm_loss_weight": 0.25})
+    out = train_grace(lm, train_records, config, tmp_path / "lambda", progress=False)
+    import json
+
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(row["loss"] == pytest.approx(row["calibration"] + 0.25 * row["lm_loss"], rel=1e-5) for row in log)
+    assert all(row["loss"] != pytest.approx(row["calibration"] + row["lm_loss"], rel=1e-3) for row in log)
+
+
+# ── defects fixed in issue 12 (each test fails on the code before its fix) ──────────────────
+
+
+def test_the_initial_row_is_placed_from_all_training_answers_not_the_first_ones(lively_dir, train_records):
+    lm = _load(lively_dir)
+    records = sorted(_yes_no_records(lm, 96), key=lambda r: -r.correct)  # every "yes" first, as a pooled study lists
+    config = GraceConfig(targets="binary", init_sample=16, validation_fraction=0)
+    objective = GraceObjective(config)
+    objective.prepare(lm, config)
+    objective.build_items(lm, records, config)
+    conf = offline_confidence(lm, records)
+    assert objective.init_rate == pytest.approx(0.5)
+    # From the first 16 answers alone (all "yes") the level would sit at 0.5 for them and far off for the rest.
+    assert conf.mean() == pytest.approx(0.5, abs=0.05)
+
+
+def test_stored_confidences_are_reused_only_from_the_same_artifact(artifact, train_records):
+    records = [dataclasses.replace(r, confidence={"grace": 0.123}, meta={**r.meta,
+               "confidence_source": {"grace": "another-artifact"}}) for r in train_records[:4]]
+    fresh = get_method("grace", model=artifact)(records)
+    assert not np.allclose(fresh, 0.123)
+    np.testing.assert_allclose(fresh, get_method("grace", model=artifact)(train_records[:4]), atol=1e-6)
+    mine = [dataclasses.replace(r, meta={**r.meta, "confidence_source": {"grace": artifact.artifact_id}})
+            for r in records]
+    np.testing.assert_allclose(get_method("grace", model=artifact)(mine), 0.123)
+
+
+def test_answers_never_contain_the_cnf_token(trained):
+    artifact = _load(trained[1])  # a private copy: this test edits its weights
+    cnf = artifact.tokenizer.convert_tokens_to_ids(CNF_TOKEN)
+    with torch.no_grad():
+        for matrix in (artifact.model.get_base_model().get_input_embeddings().weight,):
+            matrix[cnf] = matrix[cnf] * 50  # make <CNF> the likeliest next token everywhere
+    gens = _generate(artifact, _examples()[:4], hooks=())
+    assert all(cnf not in g.token_ids for g in gens)

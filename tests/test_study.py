@@ -194,3 +194,28 @@ def test_learning_curve_trains_on_subsets_and_reuses_the_full_artifact(study):
     full = study.evaluation.methods["grace"]["auroc"].value
     assert rows[("grace", 40)]["auroc"]["value"] == pytest.approx(full)
     assert "## With more training answers" in study.markdown.read_text()
+
+
+def test_the_artifact_fingerprint_covers_every_setting_defaults_included(study, study_config, monkeypatch):
+    seen: list[tuple] = []
+    real = training.fingerprint
+    monkeypatch.setattr(training, "fingerprint", lambda *parts: seen.append(parts) or real(*parts))
+    run_study(study_config.model_copy(update={"tuning": None, "seeds": [], "learning_curve": None,
+                                              "cross_domain": None, "scaling": None, "publish": None}))
+    settings = next(parts[2] for parts in seen if parts[1] == "grace")
+    assert settings == study_config.train_config("grace").model_dump()
+    assert {"token_lr", "readout", "recalibrate"} <= set(settings)  # defaults are in: a new default retrains
+
+
+def test_grace_es_threshold_is_chosen_on_calibration_questions(study):
+    from certa.study.scaling import choose_tau
+
+    s = study.scaling
+    calibration = stages.load_records(study.out / "scaling" / "calibration.records.jsonl")
+    test = stages.load_records(study.out / "scaling" / "test.records.jsonl")
+    assert calibration and not {r.id for r in calibration} & {r.id for r in test}
+    settings = study.evaluation.extra["config"]["scaling"]
+    from certa.study.config import ScalingSettings
+
+    tau, _ = choose_tau(calibration, ScalingSettings(**settings))
+    assert s["tau"] == tau and len(s["calibration_tau_sweep"]) == len(settings["tau_sweep"])

@@ -24,8 +24,12 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(path: str | Path, *, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """Write a tiny Llama-architecture chat model with a byte-level BPE tokenizer to ``path``."""
+def build_tiny_model(path: str | Path, *, hidden_size: int = 32, layers: int = 2, seed: int = 0,
+                     tie_embeddings: bool = True) -> Path:
+    """Write a tiny Llama-architecture chat model with a byte-level BPE tokenizer to ``path``.
+
+    ``tie_embeddings=False`` gives the LM head its own matrix, as in the papers' backbones (Llama, Phi-3).
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -61,7 +65,7 @@ def build_tiny_model(path: str | Path, *, hidden_size: int = 32, layers: int = 2
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ...training.config import TrainConfig
@@ -13,3 +15,6 @@ class ConfTunerConfig(TrainConfig):
     scale: int | None = Field(
         None, description="confidence levels: 100 (T_100, '0'..'100') or 9 (T_9, '0'..'9'); "
         "default: T_100 when each level is one token in the tokenizer, else T_9")
+    prompt: Literal["cue", "follow_up"] = Field(
+        "cue", description="how the confidence is asked for after the answer: cue (only 'Confidence:', a few "
+        "tokens: the tuned read-out costs almost nothing) or follow_up (the untrained verbalized request, ~40 tokens)")

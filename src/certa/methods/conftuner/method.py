@@ -30,9 +30,11 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], batch_size: 
                         progress: bool = False) -> tuple[np.ndarray, ConfidenceTokens]:
     """The restricted softmax over the confidence-level tokens for each record, [N, levels], adapter on."""
     info = (lm.artifact or {}).get("method_info", {})
-    tokens = confidence_tokens(lm.tokenizer, ((lm.artifact or {}).get("train_config") or {}).get("scale"))
+    trained_with = (lm.artifact or {}).get("train_config") or {}
+    tokens = confidence_tokens(lm.tokenizer, trained_with.get("scale"))
     probs = verbal_levels(lm, records, tokens, adapter_enabled=lm.runs_an_adapter,
-                          adapter_for_answer=bool(info.get("answers_use_adapter")), batch_size=batch_size,
+                          adapter_for_answer=bool(info.get("answers_use_adapter")),
+                          style=trained_with.get("prompt", ConfTunerConfig().prompt), batch_size=batch_size,
                           progress=progress)
     return probs, tokens
 
@@ -53,7 +55,7 @@ def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, 
 class ConfTuner(TrainedMethod):
     """ConfTuner: expected verbalized confidence Σ p_i s_i after tokenized-Brier tuning."""
 
-    cost = "a short suffix step over the answer's KV cache (the follow-up request, adapter on)"
+    cost = "a suffix of a few tokens ('Confidence:') over the answer's KV cache, adapter on"
     paper: ClassVar[str] = "ConfTuner (arXiv 2508.18847)"
     config_class = ConfTunerConfig
 

@@ -52,8 +52,8 @@ class ConfTunerObjective:
         """One item per graded record: prompt, answer and suffix token ids, and the label y = ``record.correct``."""
         items = []
         truncated = 0
-        for record, (prompt, response, suffix) in zip(records, verbal_inputs(lm, records, self._tokens()),
-                                                      strict=True):
+        inputs = verbal_inputs(lm, records, self._tokens(), config.prompt)
+        for record, (prompt, response, suffix) in zip(records, inputs, strict=True):
             overflow = len(prompt) + len(response) + len(suffix) - config.max_length
             if overflow > 0:  # the read-out is at the end, so the start of the prompt is what goes
                 truncated += 1

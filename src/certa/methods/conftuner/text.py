@@ -47,8 +47,9 @@ def generate_confidence_text(lm: LoadedModel, records: Sequence[Record], *, max_
 
     Unparseable texts are kept as NaN and counted (``failures``), never dropped.
     """
-    tokens = confidence_tokens(lm.tokenizer)
-    sequences = [p + r + s for p, r, s in verbal_inputs(lm, records, tokens)]
+    trained_with = (lm.artifact or {}).get("train_config") or {}
+    tokens = confidence_tokens(lm.tokenizer, trained_with.get("scale"))
+    sequences = [p + r + s for p, r, s in verbal_inputs(lm, records, tokens, trained_with.get("prompt", "cue"))]
     written: list[str] = []
     for start in range(0, len(sequences), batch_size):
         ids, mask = left_pad(sequences[start:start + batch_size], lm.tokenizer.pad_token_id, lm.device)

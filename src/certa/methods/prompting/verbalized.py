@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -127,22 +127,33 @@ def confidence_instruction(tokens: ConfidenceTokens) -> str:
 _ANSWER_MARK = "\x00certa-answer\x00"
 
 
+Style = Literal["follow_up", "cue"]
+"""How the confidence is asked for: ``follow_up``, a follow-up turn with the request (what an untrained
+model needs, ~40 tokens); ``cue``, only ``Confidence:`` after the answer (a tuned model needs no request;
+a few tokens, so the read-out costs almost nothing)."""
+
+
 @dataclass(frozen=True)
 class VerbalSuffix:
     """The text that follows an answer and ends right before the confidence level.
 
-    A chat model gets a follow-up turn (the request, then an assistant turn
-    opening with ``Confidence:``); a model without a chat template gets the
-    request and the cue on the next lines. ``after_end`` follows an answer that
-    ended its turn; ``after_cut`` one cut at the length limit (it closes the turn first).
+    ``follow_up``: a chat model gets a follow-up turn (the request, then an
+    assistant turn opening with ``Confidence:``); a model without a chat template
+    gets the request and the cue on the next lines. ``cue``: the cue alone.
+    ``after_end`` follows an answer that ended its turn; ``after_cut`` one cut at
+    the length limit (a follow-up closes the turn first).
     """
 
     after_end: str
     after_cut: str
 
 
-def verbal_suffix(lm: LoadedModel, tokens: ConfidenceTokens) -> VerbalSuffix:
+def verbal_suffix(lm: LoadedModel, tokens: ConfidenceTokens, style: Style = "follow_up") -> VerbalSuffix:
     """The verbal read-out's suffix for ``lm``'s prompt format (see :class:`VerbalSuffix`)."""
+    if style == "cue":
+        return VerbalSuffix(after_end=tokens.cue, after_cut=tokens.cue)
+    if style != "follow_up":
+        raise InputError(f"verbal read-out style is {style!r}; expected 'follow_up' or 'cue'")
     instruction = confidence_instruction(tokens)
     cue = tokens.cue.lstrip("\n")
     if not getattr(lm.tokenizer, "chat_template", None):
@@ -156,33 +167,35 @@ def verbal_suffix(lm: LoadedModel, tokens: ConfidenceTokens) -> VerbalSuffix:
     return VerbalSuffix(after_end=after_end, after_cut=after)
 
 
-def verbal_suffix_ids(lm: LoadedModel, responses: Sequence[Sequence[int]], tokens: ConfidenceTokens) -> list[list[int]]:
+def verbal_suffix_ids(lm: LoadedModel, responses: Sequence[Sequence[int]], tokens: ConfidenceTokens,
+                      style: Style = "follow_up") -> list[list[int]]:
     """Per answer (its token ids), the suffix ids after which the next token is the confidence level."""
-    suffix = verbal_suffix(lm, tokens)
+    suffix = verbal_suffix(lm, tokens, style)
     ends = set(end_token_ids(lm))
     encode = {text: lm.tokenizer(text, add_special_tokens=False)["input_ids"]
               for text in (suffix.after_end, suffix.after_cut)}
     return [list(encode[suffix.after_end if ids and ids[-1] in ends else suffix.after_cut]) for ids in responses]
 
 
-def verbal_inputs(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens
+def verbal_inputs(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens, style: Style = "follow_up"
                   ) -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt ids, answer ids, suffix ids) of each record's verbal read-out."""
     pairs = [answer_ids(lm, r) for r in records]
-    suffixes = verbal_suffix_ids(lm, [response for _, response in pairs], tokens)
+    suffixes = verbal_suffix_ids(lm, [response for _, response in pairs], tokens, style)
     return [(p, r, s) for (p, r), s in zip(pairs, suffixes, strict=True)]
 
 
-def verbal_prompt(lm: LoadedModel, record: Record, tokens: ConfidenceTokens | None = None) -> str:
+def verbal_prompt(lm: LoadedModel, record: Record, tokens: ConfidenceTokens | None = None,
+                  style: Style = "follow_up") -> str:
     """The full text whose next token is the confidence level for ``record``'s answer (for reading and tests)."""
     tokens = tokens or confidence_tokens(lm.tokenizer)
-    ((prompt, response, suffix),) = verbal_inputs(lm, [record], tokens)
+    ((prompt, response, suffix),) = verbal_inputs(lm, [record], tokens, style)
     return lm.tokenizer.decode(prompt + response + suffix)
 
 
 def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: ConfidenceTokens, *,
-                        adapter_enabled: bool, adapter_for_answer: bool = False, batch_size: int = 16,
-                        progress: bool = False) -> np.ndarray:
+                        adapter_enabled: bool, adapter_for_answer: bool = False, style: Style = "follow_up",
+                        batch_size: int = 16, progress: bool = False) -> np.ndarray:
     """The restricted softmax over the level tokens after each record's verbal suffix, ``[N, levels]``.
 
     Prompt and answer are encoded once with the base model (or with the adapter,
@@ -190,7 +203,7 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: Conf
     runs with ``lm``'s adapter when ``adapter_enabled``. Batches group answers
     of similar length; rows come back in input order.
     """
-    inputs = verbal_inputs(lm, records, tokens)
+    inputs = verbal_inputs(lm, records, tokens, style)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][0]) + len(inputs[i][1]))
     out = np.empty((len(inputs), len(tokens.token_ids)))
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
