@@ -101,15 +101,35 @@ def test_full_mode_labels_cover_exactly_the_response(tiny_lm):
     assert tiny_lm.tokenizer.decode(learned, skip_special_tokens=True) == "The answer is 7."
 
 
-def test_collate_keeps_the_answer_prefix_apart_from_the_suffix(tiny_lm):
+def test_collate_keeps_the_answer_apart_from_the_suffix(tiny_lm):
     objective = ConfTunerObjective(config())
-    items = [{"prompt": [5, 6], "response": [7, 8], "suffix": [9, 10, 11], "correct": 1.0},
-             {"prompt": [12], "response": [13], "suffix": [9], "correct": 0.0}]
+    items = [{"id": "a", "prompt": [5, 6], "response": [7, 8], "suffix": [9, 10, 11], "correct": 1.0},
+             {"id": "b", "prompt": [12], "response": [13], "suffix": [9], "correct": 0.0}]
     batch = objective.collate(tiny_lm, items)
-    pad = tiny_lm.tokenizer.pad_token_id
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [pad, pad, 12]]  # prompt + answer minus its last token
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert batch["last_tokens"].tolist() == [8, 13] and batch["suffixes"] == [[9, 10, 11], [9]]
+    assert batch["keys"] == ["a", "b"] and batch["pairs"] == [([5, 6], [7, 8]), ([12], [13])]
+    assert batch["suffixes"] == [[9, 10, 11], [9]] and batch["correct"].tolist() == [1.0, 0.0]
+
+
+def test_the_prefix_store_gives_the_same_cache_as_encoding_again(tiny_lm):
+    from certa.methods.answer_cache import PrefixStore, encode_answers, extend, read_logits
+
+    pairs = [([5, 6, 7, 8], [9, 10]), ([12], [13, 14, 15]), ([16, 17], [18])]
+    store = PrefixStore(max_gb=1.0)
+    first = store.cache(tiny_lm.model, ["a", "b", "c"], pairs, tiny_lm.tokenizer.pad_token_id)  # encodes
+    again = store.cache(tiny_lm.model, ["c", "a", "b"], [pairs[2], pairs[0], pairs[1]], tiny_lm.tokenizer.pad_token_id)
+    assert store.used > 0
+    direct = encode_answers(tiny_lm.model, [pairs[2], pairs[0], pairs[1]], tiny_lm.tokenizer.pad_token_id)
+    suffixes = [[20, 21], [22], [23, 24, 25]]
+    with torch.no_grad():
+        got = read_logits(extend(tiny_lm.model, again, suffixes), suffixes)
+        want = read_logits(extend(tiny_lm.model, direct, suffixes), suffixes)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert first.mask.shape[0] == 3
+    empty = PrefixStore(max_gb=0)  # no memory: every batch is encoded again, same result
+    torch.testing.assert_close(read_logits(extend(tiny_lm.model, empty.cache(
+        tiny_lm.model, ["c", "a", "b"], [pairs[2], pairs[0], pairs[1]], tiny_lm.tokenizer.pad_token_id), suffixes),
+        suffixes).detach(), want, atol=1e-5, rtol=1e-5)
+    assert empty.used == 0
 
 
 def test_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):

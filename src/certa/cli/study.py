@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..evaluation import HEADLINE_METRICS, metric_table, to_rich
-from ..study import RunConfig, StudyResult, run_study
+from ..study import RunConfig, StudyResult, run_study, tune_study
 from ..study.demo import demo_config
 from .app import ModelOpt, app, console
 
@@ -29,6 +29,25 @@ def demo(
 def run(config_path: Annotated[Path, typer.Argument(help="YAML run configuration (see configs/).")]) -> None:
     """Run a study described by a YAML config (stages are cached and resume)."""
     print_study(run_study(RunConfig.from_yaml(config_path)))
+
+
+@app.command()
+def tune(config_path: Annotated[Path, typer.Argument(help="YAML run configuration with a 'tuning' section.")]) -> None:
+    """Choose the trained methods' settings on calibration-split answers (the config's tuning grids)."""
+    from rich.table import Table
+
+    for method, result in tune_study(RunConfig.from_yaml(config_path)).items():
+        names = sorted(result["grid"])
+        table = Table(title=f"{method}: {len(result['rows'])} combinations on {result['calibration_answers']} "
+                            f"calibration answers ({result['criterion']})")
+        for column in (*names, "Brier", "ECE", "AUROC"):
+            table.add_column(column, justify="right")
+        for row in result["rows"]:
+            style = "bold" if row["values"] == result["chosen"] else None
+            table.add_row(*(str(row["values"][n]) for n in names),
+                          *(f"{row[k]:.3f}" for k in ("brier", "ece", "auroc")), style=style)
+        console.print(table)
+        console.print(f"chosen for {method}: {result['chosen']} → {result['artifact']}")
 
 
 def print_study(result: StudyResult) -> None:

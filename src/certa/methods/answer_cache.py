@@ -15,6 +15,7 @@ its final token), so one code path serves offline scoring and the generation hoo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -122,3 +123,65 @@ def read_logits(output: Any, suffixes: Sequence[Sequence[int]] | None) -> torch.
     logits = output.logits
     index = last_positions(suffixes, logits.shape[0]).to(logits.device)
     return logits[torch.arange(logits.shape[0], device=logits.device), index]
+
+
+def content_key(prompt: Sequence[int], response: Sequence[int]) -> str:
+    """A key for an answer's encoding: equal token ids, equal key (so equal answers share one encoding)."""
+    return hashlib.sha1(repr((list(prompt), list(response))).encode()).hexdigest()
+
+
+class PrefixStore:
+    """Training answers' encoded prompt + answer[:-1], computed once and reused every epoch.
+
+    In suffix mode the adapter runs only after the answer, so the base model's
+    encoding of a training answer never changes while training: encoding it
+    again at every step would spend most of the step on work already done. The
+    store keeps each answer's KV slots (on the CPU, up to ``max_gb``; beyond it,
+    answers are encoded at each step as before) and assembles a batch's cache
+    by left padding.
+    """
+
+    def __init__(self, max_gb: float):
+        self.max_bytes = int(max_gb * 1024 ** 3)
+        self.used = 0
+        self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def cache(self, model: torch.nn.Module, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
+              pad_id: int) -> AnswerCache:
+        """The batch's :class:`AnswerCache` (base model), from stored slots where there are any."""
+        missing = [i for i, key in enumerate(keys) if key not in self._slots]
+        encoded: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        if missing:
+            fresh = encode_answers(model, [pairs[i] for i in missing], pad_id)
+            lengths = fresh.mask.long().sum(-1).tolist()
+            layers = [(layer.keys, layer.values) for layer in fresh.past_key_values.layers]
+            for row, i in enumerate(missing):
+                slots = [(k[row, :, k.shape[2] - lengths[row]:].detach().cpu(), v[row, :, v.shape[2] - lengths[row]:]
+                          .detach().cpu()) for k, v in layers]
+                encoded[i] = slots
+                size = sum(k.numel() * k.element_size() * 2 for k, _ in slots)
+                if self.used + size <= self.max_bytes:
+                    self._slots[keys[i]] = slots
+                    self.used += size
+        rows = [encoded.get(i) or self._slots[key] for i, key in enumerate(keys)]
+        return _assemble(rows, [pair[1][-1] for pair in pairs], next(model.parameters()).device)
+
+
+def _assemble(rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], last_tokens: Sequence[int],
+              device: torch.device) -> AnswerCache:
+    """Left-pad per-answer KV slots into one batch cache with its mask."""
+    from transformers import DynamicCache
+
+    lengths = [row[0][0].shape[1] for row in rows]
+    width = max(lengths)
+    cache = DynamicCache()
+    for layer in range(len(rows[0])):
+        keys, values = [], []
+        for row, length in zip(rows, lengths, strict=True):
+            k, v = row[layer]
+            pad = (0, 0, width - length, 0)  # left padding along the slot axis
+            keys.append(torch.nn.functional.pad(k, pad))
+            values.append(torch.nn.functional.pad(v, pad))
+        cache.update(torch.stack(keys).to(device), torch.stack(values).to(device), layer)
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
+    return AnswerCache(cache, mask, torch.tensor(list(last_tokens), device=device))

@@ -2,6 +2,6 @@
 
 from .config import RunConfig
 from .result import StudyResult
-from .run import run_study
+from .run import run_study, tune_study
 
-__all__ = ["RunConfig", "StudyResult", "run_study"]
+__all__ = ["RunConfig", "StudyResult", "run_study", "tune_study"]

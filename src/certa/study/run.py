@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..evaluation import evaluate
 from ..models import LoadedModel, attach_artifacts, load_base_model
 from ..records import atomic_write_text
@@ -137,6 +138,21 @@ def run_study(config: RunConfig) -> StudyResult:
     if config.publish:
         result.markdown = write_results(config, result)
     return result
+
+
+def tune_study(config: RunConfig) -> dict[str, Any]:
+    """Only the tuning stage of ``config`` (``certa tune``): train and calibration answers, then the grids."""
+    if config.tuning is None:
+        raise InputError("the config has no 'tuning' section: nothing to tune")
+    out = Path(config.out)
+    check_methods(config.methods)
+    evidence = evidence_for(config.methods, config.generation.samples)
+    base = load_base_model(config.model)
+    data = {ds.key: prepare_dataset(config, base, ds, evidence, ("train", "calibration")) for ds in config.datasets}
+    del base
+    gc.collect()
+    return run_tuning(config, [r for d in data.values() for r in d.train],
+                      [r for d in data.values() for r in d.calibration], out / "tuning")
 
 
 def peak_memory_gb() -> float:

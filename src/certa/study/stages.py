@@ -57,7 +57,8 @@ def evidence_for(methods: Sequence[str], samples: int) -> dict[str, Evidence]:
     evidence = {split: Evidence(Needs.HIDDEN_STATES in needs, samples if Needs.SAMPLES in needs else 0,
                                 Needs.TOKEN_STATS in needs)
                 for split, needs in (("train", train), ("test", test))}
-    return {**evidence, "calibration": evidence["test"]}  # calibration answers are scored like test answers
+    # Calibration answers are scored only by the trained methods (tuning), which read no samples.
+    return {**evidence, "calibration": Evidence(hidden_states=evidence["test"].hidden_states)}
 
 
 def check_methods(methods: Sequence[str]) -> None:

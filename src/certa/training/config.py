@@ -38,6 +38,9 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1, description="checkpoint every N optimiser steps")
     max_length: int = Field(512, ge=16, description="longest training sequence in tokens (the start is cut)")
     seed: int = Field(0, description="seed of the shuffling, dropout and everything random in training")
+    prefix_cache_gb: float = Field(
+        4.0, ge=0, description="memory (CPU) for reusing the base model's encoding of each training answer across "
+        "epochs in suffix mode; answers beyond it are encoded at every step; 0 turns the reuse off")
     validation_fraction: float = Field(
         0.2, ge=0, lt=1, description="training answers held out to choose when to stop and to fit the final "
         "recalibration (stratified by correctness; 0, or fewer than 16 held out: train for all epochs)")

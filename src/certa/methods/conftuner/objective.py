@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ...models.adapters import adapter_state
 from ...models.tensors import left_pad, positions_from_mask
 from ...records import Record
 from ...training.losses import IGNORE_INDEX, response_lm_loss, tokenized_brier
-from ..answer_cache import AnswerCache, extend, read_logits
+from ..answer_cache import PrefixStore, content_key, extend, read_logits
 from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, verbal_inputs
 from ..readouts import restricted_log_softmax
 from .config import ConfTunerConfig
@@ -41,6 +40,7 @@ class ConfTunerObjective:
     def __init__(self, config: ConfTunerConfig):
         self.config = config
         self.tokens: ConfidenceTokens | None = None
+        self.prefixes = PrefixStore(config.prefix_cache_gb)
 
     def prepare(self, lm: LoadedModel, config: ConfTunerConfig) -> None:
         self.tokens = confidence_tokens(lm.tokenizer, config.scale)
@@ -58,7 +58,8 @@ class ConfTunerObjective:
             if overflow > 0:  # the read-out is at the end, so the start of the prompt is what goes
                 truncated += 1
                 prompt = prompt[min(overflow, len(prompt)):]
-            items.append({"prompt": prompt, "response": response, "suffix": suffix, "correct": float(record.correct)})
+            items.append({"id": content_key(prompt, response), "prompt": prompt, "response": response, "suffix": suffix,
+                          "correct": float(record.correct)})
         if truncated:
             log.warning("conftuner: %d of %d training prompts cut to their last %d tokens (max_length)",
                         truncated, len(items), config.max_length)
@@ -78,10 +79,9 @@ class ConfTunerObjective:
                 [it["prompt"] + it["response"] + it["suffix"] for it in items], pad)
             batch["labels"], _ = left_pad([[IGNORE_INDEX] * len(it["prompt"]) + it["response"]
                                            + [IGNORE_INDEX] * len(it["suffix"]) for it in items], IGNORE_INDEX)
-        else:
-            batch["input_ids"], batch["attention_mask"] = left_pad(
-                [it["prompt"] + it["response"][:-1] for it in items], pad)
-            batch["last_tokens"] = torch.tensor([it["response"][-1] for it in items])
+        else:  # suffix mode: the loss takes the answers' base encoding from the prefix store
+            batch["keys"] = [it["id"] for it in items]
+            batch["pairs"] = [(it["prompt"], it["response"]) for it in items]
             batch["suffixes"] = [it["suffix"] for it in items]
         return batch
 
@@ -105,17 +105,14 @@ class ConfTunerObjective:
 
     def _levels(self, lm: LoadedModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The restricted softmax over the levels, and (full mode with an LM loss) the whole sequence's logits."""
-        mask = batch["attention_mask"]
         if self.config.mode == "full":
+            mask = batch["attention_mask"]
             with_lm = self.config.lm_loss_weight > 0
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask),
                            logits_to_keep=0 if with_lm else 1)
             return restricted_log_softmax(out.logits[:, -1], self._tokens().token_ids).exp(), \
                 (out.logits if with_lm else None)
-        with torch.no_grad(), adapter_state(lm.model, False):
-            prefix = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
-                              position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
-        cache = AnswerCache(prefix.past_key_values, mask, batch["last_tokens"])
+        cache = self.prefixes.cache(lm.model, batch["keys"], batch["pairs"], lm.tokenizer.pad_token_id)
         logits = read_logits(extend(lm.model, cache, batch["suffixes"]), batch["suffixes"])
         return restricted_log_softmax(logits, self._tokens().token_ids).exp(), None
 

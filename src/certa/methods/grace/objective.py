@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ...errors import InputError
-from ...models.adapters import adapter_state
 from ...models.tensors import left_pad, positions_from_mask
 from ...records import Record
 from ...training.losses import grace_calibration_loss, response_lm_loss
 from ...training.targets import soft_targets
-from ..answer_cache import AnswerCache, answer_ids
+from ..answer_cache import PrefixStore, answer_ids, content_key
 from .config import GraceConfig
 from .readout import CNF_TOKEN, cnf_token_id, free_readout, readout_step
 from .token import add_cnf_token, init_sample, mean_target, place_cnf_row, readout_states
@@ -39,6 +38,7 @@ class GraceObjective:
         self.config = config
         self.cnf_id: int | None = None
         self.init_rate: float | None = None
+        self.prefixes = PrefixStore(config.prefix_cache_gb)
 
     # -- Objective protocol
 
@@ -67,8 +67,8 @@ class GraceObjective:
         items = []
         for record, t in zip(records, targets, strict=True):
             prompt, response = truncate(*answer_ids(lm, record), config.max_length)
-            items.append({"prompt": prompt, "response": response, "target": float(t), "correct": float(record.correct),
-                          "hidden": record.hidden_state})
+            items.append({"id": content_key(prompt, response), "prompt": prompt, "response": response, "target": float(t),
+                          "correct": float(record.correct), "hidden": record.hidden_state})
         return items
 
     def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -80,10 +80,9 @@ class GraceObjective:
             batch["input_ids"], batch["attention_mask"] = left_pad([it["prompt"] + it["response"] for it in items],
                                                                    pad)
             batch["labels"], _ = left_pad([[-100] * len(it["prompt"]) + it["response"] for it in items], -100)
-        else:
-            batch["input_ids"], batch["attention_mask"] = left_pad(
-                [it["prompt"] + it["response"][:-1] for it in items], pad)
-            batch["last_tokens"] = torch.tensor([it["response"][-1] for it in items])
+        else:  # suffix mode: the loss takes the answers' base encoding from the prefix store
+            batch["keys"] = [it["id"] for it in items]
+            batch["pairs"] = [(it["prompt"], it["response"]) for it in items]
         return batch
 
     def loss(self, lm: LoadedModel, batch: dict[str, torch.Tensor],
@@ -105,14 +104,12 @@ class GraceObjective:
         cnf_id = self._cnf(lm)
         if self.config.readout == "free":
             return free_readout(lm.model, batch["hidden"], cnf_id), None
-        mask = batch["attention_mask"]
         if self.config.mode == "full":
+            mask = batch["attention_mask"]
             out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask))
             return out.logits[:, -1].float().softmax(-1)[:, cnf_id], out.logits
-        with torch.no_grad(), adapter_state(lm.model, False):
-            out = lm.model(input_ids=batch["input_ids"], attention_mask=mask,
-                           position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1)
-        return readout_step(lm.model, AnswerCache(out.past_key_values, mask, batch["last_tokens"]), cnf_id), None
+        cache = self.prefixes.cache(lm.model, batch["keys"], batch["pairs"], lm.tokenizer.pad_token_id)
+        return readout_step(lm.model, cache, cnf_id), None
 
     def artifact_info(self) -> dict[str, Any]:
         c = self.config
