@@ -106,19 +106,23 @@ def synthetic(splits: int, n_cal: int, n_test: int, delta: float) -> None:
                   f"{r['coverage']:8.3f} {stream.oracle_coverage:6.3f} {r['infeasible']:5.2f}{flag}")
 
 
-# --------------------------------------------------------------------------- real data (to be wired)
+# --------------------------------------------------------------------------- real data
 
 
 def real_data_scores(results_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """TODO(main developer): the study's per-method test scores and grades on the bundled data.
+    """The study's per-method test scores and grades on the bundled data, pooled over its datasets.
 
-    Return ``({method: confidences}, correct)`` for the default model's pooled test answers, every
-    method scored on the same answers in the same order (e.g. from ``<results_dir>/<dataset>/
-    scores.jsonl`` and the graded records the study writes). :func:`real_data` does the rest.
+    Reads every ``<results_dir>/<dataset>/scores.jsonl`` a study (``make results``) cached: the same
+    answers, in the same order, for every method.
     """
-    raise NotImplementedError(
-        f"real-data scores are not wired yet (asked for {results_dir}); see real_data_scores() in "
-        "benchmarks/abstention.py")
+    from certa.scores import read_scores
+
+    tables = [read_scores(path) for path in sorted(results_dir.glob("*/scores.jsonl"))]
+    if not tables:
+        raise SystemExit(f"no */scores.jsonl under {results_dir}: run `make results` first")
+    methods = set.intersection(*(set(t.scores) for t in tables))
+    return ({m: np.concatenate([t.scores[m] for t in tables]) for m in sorted(methods)},
+            np.concatenate([t.correct for t in tables]))
 
 
 def real_data(results_dir: Path, *, n_splits: int = 200, delta: float = 0.05) -> None:

@@ -94,7 +94,8 @@ def test_costs_charge_samples_to_the_methods_that_read_them(study):
 def test_write_up_has_every_section_and_figure(study, study_config):
     text = study.markdown.read_text()
     for heading in ("# Results", "## Datasets", "## Calibration, all test answers pooled", "## Calibration per dataset",
-                    "## Cross-domain", "## Cost", "## Test-time scaling", "## The papers' claims", "## Discussion"):
+                    "## Cross-domain", "## Cost", "## Test-time scaling", "## The papers' claims", "## Discussion",
+                    "## What a confidence is worth"):
         assert heading in text, heading
     figures = study.markdown.parent / "results"
     assert (figures / "reliability.png").stat().st_size > 1000

@@ -22,6 +22,7 @@ from ..evaluation.figures import figure_png, plot_reliability
 from ..methods.base import MethodSpec
 from ..records import atomic_write_bytes, atomic_write_text
 from ..textfiles import read_text
+from ..uses.selective import coverage_table
 from .claims import claims_section
 from .result import StudyResult
 from .seeds import mean_sd
@@ -45,6 +46,7 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
         _datasets_section(result),
         _pooled_section(result, links.add(_reliability_figure(result.evaluation, figures / "reliability.png"))),
         _per_dataset_section(result),
+        _coverage_section(result, config),
         _tuning_section(result.tuning),
         _seeds_section(result.seeds),
         _learning_curve_section(result.learning_curve),
@@ -140,6 +142,32 @@ def _per_dataset_section(result: StudyResult) -> str:
     for name, res in result.by_dataset.items():
         parts.append(f"### {name} (n={res.n}, accuracy {fmt(res.accuracy)})\n\n{_metric_table(res)}")
     return "\n\n".join(parts)
+
+
+#: Target error rates of the selective-answering table.
+COVERAGE_TARGETS = (0.1, 0.2)
+
+
+def _coverage_section(result: StudyResult, config: RunConfig) -> str:
+    """Per method and dataset with signal, the share of questions a user may answer with a certified error rate."""
+    rows = []
+    groups = {name: res for name, res in result.by_dataset.items()}
+    for name, res in groups.items():
+        table = coverage_table(res.scores, res.correct, COVERAGE_TARGETS, delta=0.05, n_splits=200, seed=config.seed)
+        ranked = sorted(table, key=lambda m: -table[m][COVERAGE_TARGETS[0]].coverage)
+        for method in ranked:
+            cells = [f"{table[method][t].coverage:.3f}" for t in COVERAGE_TARGETS]
+            rows.append([name, _method_label(method), *cells,
+                         f"{table[method][COVERAGE_TARGETS[0]].oracle_coverage:.3f}"])
+    header = ["dataset", "method", *(f"coverage at error ≤ {t:.1f}" for t in COVERAGE_TARGETS),
+              f"hindsight at {COVERAGE_TARGETS[0]:.1f}"]
+    return ("## What a confidence is worth: answering with a guaranteed error rate\n\nFor each method, the share "
+            "of test questions a user may answer when the error rate among the answered ones must stay at most the "
+            "target with probability 95% (`certa abstain`: the threshold is certified on a random half of the "
+            "answers by Learn-then-Test with a binomial tail bound, then applied to the other half; mean over 200 "
+            "re-splits; 0 where nothing can be certified). *Hindsight*: the largest share whose error is within "
+            "the target on all answers, with no guarantee (an upper bound no method can certify).\n\n"
+            + markdown_table(header, rows, align="r"))
 
 
 def _tuning_section(tuning: dict[str, Any]) -> str:
