@@ -91,7 +91,8 @@ def prepare_dataset(config: RunConfig, lm: LoadedModel, ds: DatasetSettings, evi
     graded: dict[str, list[Record]] = {}
     for split in splits:
         out = d / f"{split}.generations.jsonl"
-        settings = {"model": config.model, "seed": config.seed, "limit": limits[split],
+        # The question limit is not part of the stamp: answers are kept by id, so a larger limit resumes.
+        settings = {"model": config.model, "seed": config.seed,
                     "temperature": config.generation.temperature, "max_new_tokens": config.generation.max_new_tokens,
                     "evidence": asdict(evidence[split])}
         refresh_stamp(d / f"{split}.generation-settings.json", settings, [out])
