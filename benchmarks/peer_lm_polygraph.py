@@ -68,9 +68,9 @@ import certa  # noqa: E402
 from certa.data import grade  # noqa: E402
 from certa.errors import CertaError  # noqa: E402
 from certa.methods import method_class  # noqa: E402
+from certa.methods.embeddings import embed_texts  # noqa: E402
 from certa.prompts import question_prompt  # noqa: E402
 from certa.records import Generation, Record  # noqa: E402
-from certa.scoring import embed_texts  # noqa: E402
 
 FAMILIES = ("logprob", "sampling", "hidden")
 SIMILARITY_THRESHOLD = 0.8

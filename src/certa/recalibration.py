@@ -52,7 +52,7 @@ class CalibrationMap:
         if self.kind == "isotonic":
             return np.interp(c, self.params["x"], self.params["y"])
         if self.kind == "platt":
-            return _expit(self.params["a"] * _logit(c) + self.params["b"])
+            return expit(self.params["a"] * logit(c) + self.params["b"])
         raise UnknownNameError("calibration map", self.kind, ("identity", *KINDS))
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,13 +80,15 @@ class CalibrationMap:
 IDENTITY = CalibrationMap("identity")
 
 
-def _logit(c: np.ndarray) -> np.ndarray:
-    clipped = np.clip(c, _EPS, 1.0 - _EPS)
+def logit(c: ArrayLike) -> np.ndarray:
+    """log(c / (1 - c)), with c kept 1e-6 away from 0 and 1 so it stays finite."""
+    clipped = np.clip(np.asarray(c, dtype=float), _EPS, 1.0 - _EPS)
     return np.log(clipped) - np.log1p(-clipped)
 
 
-def _expit(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow for large |z|
+def expit(z: ArrayLike) -> np.ndarray:
+    """The logistic function, without overflow for large |z|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
 
 
 def fit_map(raw_conf: ArrayLike, correct: ArrayLike, kind: Kind = "isotonic", *, strength: float = 0.0,
@@ -115,7 +117,7 @@ def fit_map(raw_conf: ArrayLike, correct: ArrayLike, kind: Kind = "isotonic", *,
     # Soft targets: each answer becomes a positive row weighted by its credit and a negative row
     # weighted by the rest, which minimises the cross-entropy to the grade. Unregularised by default:
     # two parameters cannot overfit much, and a penalty pulls the slope toward 0.
-    z = _logit(c)[:, None]
+    z = logit(c)[:, None]
     features = np.concatenate([z, z])
     labels = np.r_[np.ones(c.size), np.zeros(c.size)]
     weights = np.r_[y, 1.0 - y]
@@ -124,5 +126,5 @@ def fit_map(raw_conf: ArrayLike, correct: ArrayLike, kind: Kind = "isotonic", *,
     model.fit(features[keep], labels[keep], sample_weight=weights[keep])
     a, b = float(model.coef_[0, 0]), float(model.intercept_[0])
     if nonnegative and a < 0:
-        a, b = 0.0, float(_logit(np.array([float(y.mean())]))[0])
+        a, b = 0.0, float(logit(np.array([float(y.mean())]))[0])
     return CalibrationMap("platt", {"a": a, "b": b}, int(c.size), now)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputError
-from ..recalibration import fit_map
+from ..recalibration import expit, fit_map, logit
 from ..records import Record
 from .base import ConfidenceMethod, Needs, check_scores, method_class, register
 from .fitting import correctness, not_fitted
@@ -99,15 +99,6 @@ class Calibrator(ConfidenceMethod):
         raise NotImplementedError
 
 
-def _logit(scores: np.ndarray) -> np.ndarray:
-    clipped = np.clip(scores, _EPS, 1.0 - _EPS)
-    return np.log(clipped) - np.log1p(-clipped)
-
-
-def _expit(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # the logistic function, without overflow for large |z|
-
-
 @register("platt")
 class Platt(Calibrator):
     """Platt scaling: sigmoid(a · logit(score) + b), fitted by logistic regression."""
@@ -127,10 +118,10 @@ class Temperature(Calibrator):
     """
 
     def _fit_map(self, scores: np.ndarray, targets: np.ndarray) -> None:
-        z = _logit(scores)
+        z = logit(scores)
 
         def log_loss(log_t: float) -> float:
-            p = np.clip(_expit(z / np.exp(log_t)), _EPS, 1.0 - _EPS)
+            p = np.clip(expit(z / np.exp(log_t)), _EPS, 1.0 - _EPS)
             return float(-np.mean(targets * np.log(p) + (1.0 - targets) * np.log1p(-p)))
 
         # T in [e^-5, e^5] covers any useful sharpening or flattening; a fit at the edge means the
@@ -151,7 +142,7 @@ class Temperature(Calibrator):
         return {"temperature": getattr(self, "temperature", None), "at_bound": getattr(self, "at_bound", None)}
 
     def _apply_map(self, scores: np.ndarray) -> np.ndarray:
-        return _expit(_logit(scores) / self.temperature)
+        return expit(logit(scores) / self.temperature)
 
 
 @register("isotonic")

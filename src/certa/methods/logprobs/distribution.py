@@ -28,6 +28,7 @@ from scipy.special import log_softmax, logsumexp
 from ...errors import CertaError, InputError
 from ...records import Record
 from ..base import ConfidenceMethod, Needs, register
+from .likelihood import VocabularyNormalised
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -127,7 +128,7 @@ def stored_token_stat(record: Record, name: str) -> np.ndarray:
 
 
 @register("renyi_divergence")
-class RenyiDivergence(ConfidenceMethod):
+class RenyiDivergence(VocabularyNormalised, ConfidenceMethod):
     """Mean Rényi divergence (alpha 0.5, temperature 2) of the token distributions from uniform, / log V.
 
     RAINPROOF (Darrin et al. 2023, arXiv:2212.09171); LM-Polygraph's ``RenyiNeg``.
@@ -143,21 +144,10 @@ class RenyiDivergence(ConfidenceMethod):
 
     def __init__(self, model: LoadedModel | None = None, *, vocab_size: int | None = None):
         super().__init__(model, vocab_size=vocab_size)
-        if vocab_size is not None and vocab_size < 2:
-            raise InputError(f"vocab_size must be at least 2, got {vocab_size}")
-        if vocab_size is None and model is not None:
-            vocab_size = int(model.model.get_output_embeddings().weight.shape[0])
-        self.vocab_size = vocab_size
+        self._init_vocab(model, vocab_size)
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        return np.array([np.mean(stored_token_stat(r, "renyi_divergence")) / math.log(self._vocab(r)) for r in records])
-
-    def _vocab(self, record: Record) -> int:
-        vocab = self.vocab_size or record.meta.get("vocab_size")
-        if not vocab:
-            raise CertaError(f"{self.name} needs the vocabulary size to normalise record {record.id!r}: "
-                             "pass model=certa.load_model(...) or vocab_size=N")
-        return int(vocab)
+        return np.array([np.mean(stored_token_stat(r, "renyi_divergence")) / self.log_vocab(r) for r in records])
 
 
 @register("fisher_rao")

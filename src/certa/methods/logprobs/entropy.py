@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import CertaError, InputError
 from ...records import Record
 from ..base import ConfidenceMethod, Needs, register
-from .likelihood import per_token
+from .likelihood import VocabularyNormalised, per_token
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
 
 
 @register("token_entropy")
-class TokenEntropy(ConfidenceMethod):
+class TokenEntropy(VocabularyNormalised, ConfidenceMethod):
     """1 − mean normalised entropy of the answer-token distributions (entropy / log vocab size).
 
     Each generated token's entropy is divided by log(V), the entropy of a
@@ -32,21 +30,7 @@ class TokenEntropy(ConfidenceMethod):
 
     def __init__(self, model: LoadedModel | None = None, *, vocab_size: int | None = None):
         super().__init__(model, vocab_size=vocab_size)
-        if vocab_size is not None and vocab_size < 2:
-            raise InputError(f"vocab_size must be at least 2, got {vocab_size}")
-        if vocab_size is None and model is not None:
-            vocab_size = int(model.model.get_output_embeddings().weight.shape[0])
-        self.vocab_size = vocab_size
+        self._init_vocab(model, vocab_size)
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        return np.array([1.0 - np.mean(per_token(r, "token_entropies")) / math.log(self._vocab(r))
-                         for r in records])
-
-    def _vocab(self, record: Record) -> int:
-        vocab = self.vocab_size or record.meta.get("vocab_size")
-        if not vocab:
-            raise CertaError(
-                f"token_entropy needs the vocabulary size to normalise record {record.id!r}: "
-                "pass model=certa.load_model(...) or vocab_size=N"
-            )
-        return int(vocab)
+        return np.array([1.0 - np.mean(per_token(r, "token_entropies")) / self.log_vocab(r) for r in records])

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...errors import CertaError
+from ...errors import CertaError, InputError
 from ...records import Record
 from ..base import ConfidenceMethod, Needs, register
+
+if TYPE_CHECKING:
+    from ...models import LoadedModel
 
 
 @register("sequence_likelihood")
@@ -37,3 +42,24 @@ def per_token(record: Record, field: str) -> np.ndarray:
             "(or `certa generate`), which records them for every answer"
         )
     return np.asarray(values, dtype=float)
+
+
+class VocabularyNormalised:
+    """Mixin for methods that divide by log V: V from ``vocab_size=``, the model, or the record's meta."""
+
+    vocab_size: int | None
+
+    def _init_vocab(self, model: LoadedModel | None, vocab_size: int | None) -> None:
+        if vocab_size is not None and vocab_size < 2:
+            raise InputError(f"vocab_size must be at least 2, got {vocab_size}")
+        if vocab_size is None and model is not None:
+            vocab_size = int(model.model.get_output_embeddings().weight.shape[0])
+        self.vocab_size = vocab_size
+
+    def log_vocab(self, record: Record) -> float:
+        """log V for ``record``; a one-line error when V is known nowhere."""
+        vocab = self.vocab_size or record.meta.get("vocab_size")
+        if not vocab:
+            raise CertaError(f"{getattr(self, 'name', 'this method')} needs the vocabulary size to normalise record "
+                             f"{record.id!r}: pass model=certa.load_model(...) or vocab_size=N")
+        return math.log(int(vocab))
