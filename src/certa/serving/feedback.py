@@ -441,6 +441,13 @@ class FeedbackStore:
             f"WHERE {' AND '.join(where)} ORDER BY a.created, l.labelled_at, a.completion_id, a.choice", params)
         return LabelledPairs.from_rows(rows)
 
+    def labelled_methods(self, *, model: str | None = None) -> list[str]:
+        """The methods (sorted) whose answers carry at least one label (optionally of one model)."""
+        where, params = ("WHERE a.model = ?", (model,)) if model is not None else ("", ())
+        rows = self._read("SELECT DISTINCT a.method FROM labels AS l JOIN answers AS a USING (completion_id, choice) "
+                          f"{where} ORDER BY a.method", params)
+        return [r[0] for r in rows]
+
     def windows(self, width: float, *, origin: float = 0.0, since: float | None = None, until: float | None = None,
                 method: str | None = None, model: str | None = None) -> list[Window]:
         """The labelled answers cut into time windows ``[origin + k·width, origin + (k+1)·width)`` by
