@@ -75,7 +75,13 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def _streamed(model: type) -> dict[int | str, dict[str, Any]]:
     return {200: {"model": model, "description": "the completion; with stream=true, server-sent events "
                   "(data: <chunk JSON> lines, ending with data: [DONE])",
-                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}
+
+
+# One server-sent event as OpenAPI describes event streams: ``data`` is a chunk's JSON, or ``[DONE]``.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE] at the end"},
+                             "event": {"type": "string"}, "id": {"type": "string"}}}
 
 
 _COMPLETION_ERRORS = _errors(400, 401, 404, 429, 500, 503)

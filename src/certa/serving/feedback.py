@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 256
+MAX_CHOICE = 2**31 - 1  # an SQLite INTEGER holds it; no request has that many choices
 
 
 # --------------------------------------------------------------------------- errors
@@ -185,8 +186,8 @@ def parse_label(value: Any) -> float:
 def _check_key(completion_id: Any, choice: Any, error: type[CertaError]) -> tuple[str, int]:
     if not isinstance(completion_id, str) or not completion_id or len(completion_id) > MAX_ID_LENGTH:
         raise error(f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {completion_id!r}")
-    if not isinstance(choice, (int, np.integer)) or isinstance(choice, bool) or choice < 0:
-        raise error(f"choice must be a non-negative integer, got {choice!r}")
+    if not isinstance(choice, (int, np.integer)) or isinstance(choice, bool) or not 0 <= choice <= MAX_CHOICE:
+        raise error(f"choice must be a non-negative integer (at most {MAX_CHOICE}), got {choice!r}")
     return completion_id, int(choice)
 
 

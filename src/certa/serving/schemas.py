@@ -143,7 +143,7 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=256, description="the completion id the server returned")
-    choice: int = Field(0, ge=0, description="the choice index")
+    choice: int = Field(0, ge=0, le=2**31 - 1, description="the choice index")
     correct: StrictBool | Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = Field(
         description="true / false, or partial credit in [0, 1]")
 
