@@ -10,7 +10,6 @@ raw confidence (:class:`~certa.serving.abstention.Abstention`), record the choic
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -106,11 +105,11 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.scheduler = _scheduler(engine, limits)
         app.state.scheduler.start()
-        await asyncio.to_thread(loop.start)
+        await loop.run(loop.start)
         yield
         # Uvicorn has already let in-flight requests finish; drain whatever is still queued.
         await app.state.scheduler.stop()
-        await asyncio.to_thread(loop.close)
+        loop.close()
 
     app = FastAPI(title="certa", summary="OpenAI-compatible completions with calibrated confidence",
                   lifespan=lifespan)
@@ -176,7 +175,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
             raise APIError(404, "feedback is not enabled on this server; start it with --db FILE",
                            code="feedback_disabled")
         try:
-            label = await asyncio.to_thread(loop.label, body.id, body.choice, body.correct)
+            label = await loop.run(loop.label, body.id, body.choice, body.correct)
         except FeedbackError as exc:
             raise APIError(exc.http_status, str(exc), param=_feedback_param(exc), code=_feedback_code(exc),
                            type="invalid_request_error" if exc.http_status < 500 else "server_error") from None
@@ -187,7 +186,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
              responses={200: {"model": CalibrationReportOut}, **_errors(401)})
     async def calibration() -> dict[str, Any]:
         """The confidence pipeline in use: stored labels, ECE before/after, the map, the abstention threshold."""
-        report = await asyncio.to_thread(loop.report)
+        report = await loop.run(loop.report)
         return {"object": "calibration", "model": engine.model_name, "confidence_method": engine.method_name,
                 **report, "abstention": abstention.to_dict() if abstention else None}
 
@@ -253,7 +252,7 @@ async def _decide_and_record(request: Request, reply: Reply, result: EngineResul
         served = [ServedChoice(choice.confidence, d.confidence, d.abstained, choice.text)
                   for choice, d in zip(result.choices, decided, strict=True)]
         try:
-            await asyncio.to_thread(loop.record, reply.id, question, served, float(reply.created))
+            await loop.run(loop.record, reply.id, question, served, float(reply.created))
         except Exception:  # the answer is still served; the client just cannot label it
             loop.record_failures += 1
             logger.exception("could not record completion %s in the feedback store", reply.id)

@@ -18,14 +18,15 @@ Every method here blocks (SQLite, fitting): the HTTP layer calls them through a 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ from .feedback import FeedbackStore, Label, ServedAnswer
 from .recalibration import OnlineRecalibrator
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,20 @@ class FeedbackLoop:
         self._last_trigger = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certa-recalibrate") \
             if recalibrator is not None else None
+        # One thread does every store call of the HTTP layer (the store serialises writes anyway), so the
+        # server's thread count is fixed: a shared pool would grow with bursts of concurrent labels.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="certa-feedback") \
+            if store is not None else None
 
     @property
     def enabled(self) -> bool:
         return self.store is not None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking method of this loop off the event loop, on the feedback thread."""
+        if self._io is None:
+            return fn(*args)
+        return await asyncio.wrap_future(self._io.submit(fn, *args))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -113,8 +125,9 @@ class FeedbackLoop:
             self._last_trigger = self.store.label_count()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        for executor in (self._executor, self._io):
+            if executor is not None:
+                executor.shutdown(wait=True)
         if self.store is not None:
             self.store.close()
 
