@@ -90,6 +90,8 @@ class _Settings:
     hooks: tuple[GenerationHook, ...]
     seed: int
     token_stats: bool = False
+    top_p: float = 1.0
+    sample_answer: bool = False
 
 
 @dataclass
@@ -129,6 +131,8 @@ def generate(
     batch_size: int = DEFAULTS.batch_size,
     samples: int = 0,
     temperature: float = DEFAULTS.temperature,
+    top_p: float = 1.0,
+    sample_answer: bool = False,
     hidden_states: bool = False,
     token_stats: bool = False,
     hooks: Sequence[GenerationHook] | None = None,
@@ -144,7 +148,11 @@ def generate(
         max_new_tokens: generation limit per answer (``finish_reason="length"`` when hit).
         batch_size: examples per decoding call (sampled calls hold ``batch_size * samples`` rows).
         samples: extra answers sampled at ``temperature`` per example, stored in ``Generation.samples``.
-        temperature: sampling temperature of the extra answers (the main answer is always greedy).
+        temperature: sampling temperature of the extra answers (and of the answer with ``sample_answer``).
+        top_p: nucleus-sampling mass of every sampled answer (1.0: the whole distribution).
+        sample_answer: draw the answer itself by sampling at ``temperature`` / ``top_p`` instead of greedy
+            decoding (the server's ``temperature > 0``); it keeps the same evidence: log-probs and
+            entropies of the raw logits, hidden states, hook confidences. Seeded like the samples.
         hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
         token_stats: store per-token statistics of the full next-token distribution (Rényi divergence and
             Fisher-Rao distance from uniform) in ``meta["token_stats"]``, for the methods that read them.
@@ -162,7 +170,8 @@ def generate(
     """
     examples = list(examples)
     hooks = model_hooks(lm) if hooks is None else hooks
-    settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed, token_stats)
+    settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed, token_stats,
+                         top_p, sample_answer)
     _check_arguments(examples, settings, batch_size)
     with contextlib.ExitStack() as stack:
         appender = stack.enter_context(JsonlAppender(out)) if out is not None else None
@@ -187,8 +196,10 @@ def _check_arguments(examples: list[Example], s: _Settings, batch_size: int) -> 
         raise InputError(f"max_new_tokens must be at least 1, got {s.max_new_tokens}")
     if s.samples < 0:
         raise InputError(f"samples must be 0 or more, got {s.samples}")
-    if s.samples and not s.temperature > 0:
+    if (s.samples or s.sample_answer) and not s.temperature > 0:
         raise InputError(f"temperature must be positive to sample, got {s.temperature}")
+    if not 0.0 < s.top_p <= 1.0:
+        raise InputError(f"top_p must be in (0, 1], got {s.top_p}")
     seen: set[str] = set()
     for ex in examples:
         if ex.id in seen:
@@ -252,8 +263,11 @@ def _prompt_text(lm: LoadedModel, example: Example) -> str:
 def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[Generation]:
     clock = _BatchClock()
     input_ids, attention_mask = left_pad([item.prompt_ids for item in batch], lm.tokenizer.pad_token_id, lm.device)
+    if s.sample_answer:
+        torch.manual_seed(_batch_seed(s.seed, [item.example.id for item in batch], "answer"))
     greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
-                     capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True)
+                     capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True,
+                     sample=s.sample_answer, temperature=s.temperature, top_p=s.top_p)
     gens = [_to_generation(lm, item, greedy, row, s) for row, item in enumerate(batch)]
     clock.lap("answer")
     for hook, values in _run_hooks(lm, greedy, s.hooks):
@@ -290,7 +304,7 @@ def _add_samples(lm: LoadedModel, gens: list[Generation], input_ids: torch.Tenso
     k = s.samples
     torch.manual_seed(_batch_seed(s.seed, [g.id for g in gens]))
     sampled = _decode(lm, input_ids, attention_mask, s.max_new_tokens, capture_hidden=bool(s.hooks),
-                      keep_logits=False, samples=k, temperature=s.temperature)
+                      keep_logits=False, samples=k, temperature=s.temperature, top_p=s.top_p)
     texts = [_decode_text(lm, sampled.response_ids(row)) for row in range(len(gens) * k)]
     for i, gen in enumerate(gens):
         gen.samples = texts[i * k:(i + 1) * k]
@@ -299,9 +313,9 @@ def _add_samples(lm: LoadedModel, gens: list[Generation], input_ids: torch.Tenso
             gen.sample_confidence[hook.name] = values[i * k:(i + 1) * k]
 
 
-def _batch_seed(seed: int, ids: list[str]) -> int:
+def _batch_seed(seed: int, ids: list[str], stream: str = "") -> int:
     # Seeded by content, not batch position, so a resumed run samples the same answers for a batch.
-    return zlib.crc32(f"{seed}\x00{'|'.join(ids)}".encode())
+    return zlib.crc32(f"{seed}\x00{'|'.join(ids)}{stream}".encode())
 
 
 # --- one decoding call -----------------------------------------------------------------------
@@ -309,8 +323,9 @@ def _batch_seed(seed: int, ids: list[str]) -> int:
 
 @torch.no_grad()
 def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-            *, capture_hidden: bool, keep_logits: bool, samples: int = 0, temperature: float = 1.0) -> _Decoded:
-    """One ``model.generate`` call: greedy, or ``samples`` sampled rows per prompt."""
+            *, capture_hidden: bool, keep_logits: bool, samples: int = 0, temperature: float = 1.0,
+            top_p: float = 1.0, sample: bool = False) -> _Decoded:
+    """One ``model.generate`` call: greedy, one sampled row per prompt (``sample``), or ``samples`` per prompt."""
     from transformers import GenerationConfig
 
     stop_ids, stop_strings = end_token_ids(lm), answer_stop_strings(lm)
@@ -318,13 +333,13 @@ def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tens
     # "greedy" answer and its log-probs depend on whoever packaged the model.
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=lm.tokenizer.pad_token_id,
-        do_sample=samples > 0, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
+        do_sample=samples > 0 or sample, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
         output_logits=keep_logits, use_cache=True, stop_strings=stop_strings or None,
         # Tokens a certa artifact added (GrACE's <CNF>) are read-outs, never part of an answer.
         suppress_tokens=added_token_ids(lm) or None,
     )
-    if samples:
-        config.temperature, config.top_k, config.top_p = temperature, 0, 1.0
+    if samples or sample:
+        config.temperature, config.top_k, config.top_p = temperature, 0, top_p
     with _final_states(lm.model, capture_hidden) as steps, lm.answering():
         # generate needs the tokenizer to match stop strings against token text.
         output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,

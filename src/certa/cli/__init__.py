@@ -13,7 +13,7 @@ import sys
 import typer
 
 from ..errors import CertaError
-from . import catalog, serve, stages, study, uses  # noqa: F401  (each module registers its commands)
+from . import catalog, monitor, serve, stages, study, uses  # noqa: F401  (each module registers its commands)
 from .app import app, err_console, state
 
 __all__ = ["app", "main"]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..serving.abstention import DEFAULT_REFUSAL
 from ..serving.server import serve as run_server
 from ..serving.settings import ServerSettings
-from .app import ModelOpt, app
+from .app import app
 
 _DEFAULTS = ServerSettings()
 
@@ -19,7 +21,7 @@ def _help(field: str) -> str:
 
 @app.command()
 def serve(
-    model: ModelOpt = "default",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact (default: the bundled GrACE artifact when installed, else the default model)")] = None,
     method: Annotated[str | None, typer.Option(help="confidence method (default: the artifact's own, else sequence_likelihood)")] = None,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8000,
@@ -28,7 +30,20 @@ def serve(
     max_batch: Annotated[int, typer.Option(help=_help("max_batch"))] = _DEFAULTS.max_batch,
     batch_wait_ms: Annotated[float, typer.Option(help=_help("batch_wait_ms"))] = _DEFAULTS.batch_wait_ms,
     max_queue: Annotated[int, typer.Option(help=_help("max_queue"))] = _DEFAULTS.max_queue,
+    abstain_target_error: Annotated[float | None, typer.Option(help="withhold answers below the threshold certified to keep the error of given answers at most this (fitted on --calibration, or the artifact's stored one)")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="scores JSONL (certa score) or graded records with the served method's confidences, to fit the abstention threshold")] = None,
+    calibration_column: Annotated[str | None, typer.Option(help="the column of a --calibration scores file (default: the served method)")] = None,
+    abstain_delta: Annotated[float, typer.Option(help="allowed probability that the certified threshold misses the target")] = 0.05,
+    abstain_threshold: Annotated[float | None, typer.Option(help="withhold answers whose raw confidence is below this (no guarantee)")] = None,
+    refusal: Annotated[str, typer.Option(help="the content that replaces a withheld answer")] = DEFAULT_REFUSAL,
+    db: Annotated[Path | None, typer.Option(help="SQLite file recording every served answer and the labels sent to /v1/feedback")] = None,
+    recalibrate: Annotated[str | None, typer.Option(help="refit a calibration map on the stored labels: every=N[,min=M][,kind=isotonic|platt][,max=K] (needs --db)")] = None,
+    store_text: Annotated[bool, typer.Option(help="keep question and answer text in --db (off: ids and confidences only)")] = True,
 ) -> None:
     """Serve an OpenAI-compatible API whose every choice carries a confidence."""
     settings = ServerSettings(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue)
-    run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings)
+    run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
+               abstain_target_error=abstain_target_error, calibration=str(calibration) if calibration else None,
+               calibration_column=calibration_column, abstain_delta=abstain_delta,
+               abstain_threshold=abstain_threshold, refusal=refusal, db=str(db) if db else None,
+               recalibrate=recalibrate, store_text=store_text)

@@ -1,25 +1,54 @@
-"""The FastAPI application: OpenAI-compatible endpoints with a confidence on every choice."""
+"""The FastAPI application: OpenAI-compatible endpoints with a confidence on every choice.
+
+Routes: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models`` (OpenAI's), and certa's
+``/v1/feedback`` (label a served answer), ``/v1/calibration`` (the recalibration map and the
+abstention threshold in use) and ``/health``. The request → answer path: validate and bound the
+request, queue it on the scheduler (micro-batches, or the engine's own), map each raw confidence to
+the served one (:class:`~certa.serving.loop.FeedbackLoop`), apply the abstention threshold to the
+raw confidence (:class:`~certa.serving.abstention.Abstention`), record the choices, respond.
+"""
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CertaError
-from .batcher import MicroBatcher, QueueFullError, ShuttingDownError
-from .engine import ChoiceResult, Engine, EngineRequest, EngineResult
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .abstention import Abstention
+from .batcher import MicroBatcher, QueueFullError, Scheduler, ShuttingDownError
+from .engine import Engine, EngineRequest, EngineResult
+from .feedback import DuplicateLabelError, FeedbackError, InvalidLabelError, UnknownAnswerError
+from .loop import FeedbackLoop, ServedChoice
+from .responses import (
+    Decided,
+    Reply,
+    chat_chunks,
+    chat_response,
+    completion_chunks,
+    completion_response,
+    sse,
+)
+from .schemas import (
+    CalibrationReportOut,
+    ChatCompletion,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    FeedbackAck,
+    FeedbackRequest,
+    ModelList,
+    TextCompletion,
+)
 from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -38,68 +67,140 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status)
 
 
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+def _streamed(model: type) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "description": "the completion; with stream=true, server-sent events "
+                  "(data: <chunk JSON> lines, ending with data: [DONE])",
+                  "content": {"text/event-stream": {"schema": _SSE_EVENT}}}}
+
+
+# One server-sent event as OpenAPI describes event streams: ``data`` is a chunk's JSON, or ``[DONE]``.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string", "description": "a chunk as JSON, or [DONE] at the end"},
+                             "event": {"type": "string"}, "id": {"type": "string"}}}
+
+
+_COMPLETION_ERRORS = _errors(400, 401, 404, 429, 500, 503)
+
+
 def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_key: str | None = None,
+               abstention: Abstention | None = None, feedback: FeedbackLoop | None = None,
                **overrides: Any) -> FastAPI:
     """Build the server app around ``engine``.
 
     ``settings`` (or keyword ``overrides`` of its fields) bound the queue
     (beyond it: 429), shape the micro-batches and reject over-large requests
     with a 400. ``api_key`` (optional) is required as ``Authorization: Bearer
-    <key>`` on every ``/v1`` endpoint.
+    <key>`` on every ``/v1`` endpoint. ``abstention`` withholds answers below its
+    threshold; ``feedback`` records answers and labels and recalibrates
+    (default: neither).
     """
     limits = (settings or ServerSettings()).model_copy(update=overrides)
-    max_queue, max_batch, batch_wait_ms = limits.max_queue, limits.max_batch, limits.batch_wait_ms
+    loop = feedback or FeedbackLoop(method=engine.method_name, model=engine.model_name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.batcher = MicroBatcher(engine.complete, max_queue=max_queue, max_batch=max_batch,
-                                         batch_wait_ms=batch_wait_ms)
-        app.state.batcher.start()
+        app.state.scheduler = _scheduler(engine, limits)
+        app.state.scheduler.start()
+        await loop.run(loop.start)
         yield
         # Uvicorn has already let in-flight requests finish; drain whatever is still queued.
-        await app.state.batcher.stop()
+        await app.state.scheduler.stop()
+        loop.close()
 
     app = FastAPI(title="certa", summary="OpenAI-compatible completions with calibrated confidence",
                   lifespan=lifespan)
     app.state.engine, app.state.limits, app.state.created = engine, limits, int(time.time())
+    app.state.abstention, app.state.feedback = abstention, loop
+    fingerprint = getattr(engine, "fingerprint", None)
     _install_error_handlers(app)
     auth = [Depends(_bearer_check(api_key))]
 
     @app.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        batcher: MicroBatcher = request.app.state.batcher
+        scheduler: Scheduler = request.app.state.scheduler
         return {"status": "ok", "model": engine.model_name, "confidence_method": engine.method_name,
-                "queued": batcher.queued, "batches": batcher.stats.batches,
-                "max_batch_seen": batcher.stats.max_batch_seen}
+                "queued": scheduler.queued, "batches": scheduler.stats.batches,
+                "max_batch_seen": scheduler.stats.max_batch_seen,
+                "abstention_threshold": abstention.threshold if abstention else None,
+                "feedback": loop.enabled, "recalibration": loop.recalibrator is not None,
+                "record_failures": loop.record_failures}
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models", dependencies=auth, response_model=None, responses={200: {"model": ModelList},
+                                                                              **_errors(401)})
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": engine.model_name, "object": "model",
                                             "created": app.state.created, "owned_by": "certa"}]}
 
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions", dependencies=auth, response_model=None,
+              responses={**_streamed(ChatCompletion), **_COMPLETION_ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         prompt = engine.render_chat([(m.role, m.text()) for m in body.messages])
         users = [m.text() for m in body.messages if m.role == "user"]
-        result = await _run(request, body, prompt, body.requested_max_tokens, users[-1] if users else "")
-        meta = _meta("chatcmpl", engine.model_name)
+        question = users[-1] if users else ""
+        result = await _run(request, body, prompt, body.requested_max_tokens, question)
+        reply = Reply.new("chatcmpl", engine.model_name, fingerprint, engine.method_name, logprobs=body.logprobs,
+                          include_abstained=body.include_abstained_answer)
+        decided = await _decide_and_record(request, reply, result, question)
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
-            return _sse(_chat_chunks(meta, result, engine.method_name, body.logprobs, include_usage))
-        return _chat_response(meta, result, engine.method_name, body.logprobs)
+            return sse(chat_chunks(reply, decided, result, include_usage))
+        return chat_response(reply, decided, result)
 
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions", dependencies=auth, response_model=None,
+              responses={**_streamed(TextCompletion), **_COMPLETION_ERRORS})
     async def completions(body: CompletionRequest, request: Request):
         if body.echo:
             raise APIError(400, "echo is not supported", param="echo", code="unsupported_parameter")
         result = await _run(request, body, body.prompt, body.requested_max_tokens, body.prompt)
-        meta = _meta("cmpl", engine.model_name)
-        with_logprobs = body.logprobs is not None
+        reply = Reply.new("cmpl", engine.model_name, fingerprint, engine.method_name,
+                          logprobs=body.logprobs is not None, include_abstained=body.include_abstained_answer)
+        decided = await _decide_and_record(request, reply, result, body.prompt)
         if body.stream:
-            return _sse(_completion_chunks(meta, result, engine.method_name, with_logprobs))
-        return _completion_response(meta, result, engine.method_name, with_logprobs)
+            return sse(completion_chunks(reply, decided))
+        return completion_response(reply, decided, result)
 
+    @app.post("/v1/feedback", dependencies=auth, response_model=None,
+              responses={200: {"model": FeedbackAck}, **_errors(400, 401, 404, 409, 500)})
+    async def feedback_route(body: FeedbackRequest) -> dict[str, Any]:
+        """Label a served answer: ``correct`` true/false or partial credit in [0, 1]; write-once.
+
+        The label is on disk when the response arrives. Unknown ids are a 404, a second label for
+        the same choice a 409, a malformed one a 400; none of them changes anything.
+        """
+        if not loop.enabled:
+            raise APIError(404, "feedback is not enabled on this server; start it with --db FILE",
+                           code="feedback_disabled")
+        try:
+            label = await loop.run(loop.label, body.id, body.choice, body.correct)
+        except FeedbackError as exc:
+            raise APIError(exc.http_status, str(exc), param=_feedback_param(exc), code=_feedback_code(exc),
+                           type="invalid_request_error" if exc.http_status < 500 else "server_error") from None
+        return {"object": "feedback", "id": label.completion_id, "choice": label.choice, "correct": label.correct,
+                "labelled_at": label.labelled_at}
+
+    @app.get("/v1/calibration", dependencies=auth, response_model=None,
+             responses={200: {"model": CalibrationReportOut}, **_errors(401)})
+    async def calibration() -> dict[str, Any]:
+        """The confidence pipeline in use: stored labels, ECE before/after, the map, the abstention threshold."""
+        report = await loop.run(loop.report)
+        return {"object": "calibration", "model": engine.model_name, "confidence_method": engine.method_name,
+                **report, "abstention": abstention.to_dict() if abstention else None}
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _scheduler(engine: Engine, limits: ServerSettings) -> Scheduler:
+    """The engine's own scheduler when it has one (continuous batching), else micro-batches."""
+    make = getattr(engine, "make_scheduler", None)
+    if callable(make):
+        return make(limits)
+    return MicroBatcher(engine.complete, max_queue=limits.max_queue, max_batch=limits.max_batch,
+                        batch_wait_ms=limits.batch_wait_ms)
 
 
 async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest, prompt: str,
@@ -108,8 +209,9 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
     engine: Engine = request.app.state.engine
     limits: ServerSettings = request.app.state.limits
     if body.model != engine.model_name:
-        raise APIError(404, f"the model {body.model!r} does not exist; this server serves {engine.model_name!r}",
-                       param="model", code="model_not_found")
+        # OpenAI's answer for an unknown model: 404, code model_not_found, param null.
+        raise APIError(404, f"The model `{body.model}` does not exist or you do not have access to it "
+                            f"(this server serves `{engine.model_name}`).", code="model_not_found")
     if body.n > limits.max_n:
         raise APIError(400, f"n is {body.n}; at most {limits.max_n} choices per request", param="n",
                        code="n_too_large")
@@ -121,18 +223,54 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; at most {limits.max_prompt_tokens}",
                        param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
                        code="context_length_exceeded")
+    sampling = body.sampling
     job = EngineRequest(prompt=prompt, max_new_tokens=max_tokens or min(limits.default_max_tokens,
                                                                         limits.max_new_tokens_limit),
-                        n=body.n, stop=tuple(body.stops),
-                        question=question)
+                        n=body.n, stop=tuple(body.stops), question=question,
+                        temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed)
     try:
-        return await request.app.state.batcher.submit(job)
+        return await request.app.state.scheduler.submit(job)
     except QueueFullError as exc:
         raise APIError(429, f"{exc}; retry later", type="rate_limit_error", code="queue_full") from None
     except ShuttingDownError as exc:
         raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
     except CertaError as exc:
         raise APIError(400, str(exc)) from None
+
+
+async def _decide_and_record(request: Request, reply: Reply, result: EngineResult, question: str) -> list[Decided]:
+    """Served confidence and abstention for every choice, then the choices stored (before responding,
+    so the id the client receives can be labelled at once)."""
+    loop: FeedbackLoop = request.app.state.feedback
+    abstention: Abstention | None = request.app.state.abstention
+    decided = []
+    for choice in result.choices:
+        withheld = abstention is not None and abstention.withholds(choice.confidence)
+        decided.append(Decided(choice, loop.served(choice.confidence), withheld,
+                               abstention.refusal if abstention is not None else None))
+    if loop.enabled:
+        served = [ServedChoice(choice.confidence, d.confidence, d.abstained, choice.text)
+                  for choice, d in zip(result.choices, decided, strict=True)]
+        try:
+            await loop.run(loop.record, reply.id, question, served, float(reply.created))
+        except Exception:  # the answer is still served; the client just cannot label it
+            loop.record_failures += 1
+            logger.exception("could not record completion %s in the feedback store", reply.id)
+    return decided
+
+
+def _feedback_code(exc: FeedbackError) -> str:
+    if isinstance(exc, UnknownAnswerError):
+        return "answer_not_found"
+    if isinstance(exc, DuplicateLabelError):
+        return "already_labelled"
+    if isinstance(exc, InvalidLabelError):
+        return "invalid_label"
+    return "feedback_store_error"
+
+
+def _feedback_param(exc: FeedbackError) -> str | None:
+    return "correct" if isinstance(exc, InvalidLabelError) and "correct" in str(exc) else None
 
 
 def _bearer_check(api_key: str | None):
@@ -146,6 +284,19 @@ def _bearer_check(api_key: str | None):
                            code="invalid_api_key")
 
     return check
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, less its 422 responses: validation errors are OpenAI-style 400s here."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -172,89 +323,3 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("request failed")
         return APIError(500, f"internal error: {type(exc).__name__}", type="server_error").response()
-
-
-# ---- response bodies -------------------------------------------------------------------------------
-
-
-def _meta(prefix: str, model: str) -> dict[str, Any]:
-    return {"id": f"{prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": model}
-
-
-def _usage(result: EngineResult) -> dict[str, int]:
-    prompt, completion = result.prompt_tokens, result.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def _confidence(choice: ChoiceResult, method: str) -> dict[str, Any]:
-    return {"confidence": choice.confidence, "confidence_method": method}
-
-
-def _chat_logprobs(tokens: list[str], logprobs: list[float]) -> dict[str, Any]:
-    # Only the chosen token's log-prob comes out of generation; alternatives are not computed.
-    content = [{"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": []}
-               for t, lp in zip(tokens, logprobs, strict=True)]
-    return {"content": content, "refusal": None}
-
-
-def _text_logprobs(tokens: list[str], logprobs: list[float]) -> dict[str, Any]:
-    offsets, at = [], 0
-    for token in tokens:
-        offsets.append(at)
-        at += len(token)
-    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": None, "text_offset": offsets}
-
-
-def _chat_response(meta: dict, result: EngineResult, method: str, logprobs: bool) -> dict[str, Any]:
-    choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
-                "logprobs": _chat_logprobs(c.tokens, c.token_logprobs) if logprobs else None,
-                "finish_reason": c.finish_reason, **_confidence(c, method)}
-               for i, c in enumerate(result.choices)]
-    return {**meta, "object": "chat.completion", "choices": choices, "usage": _usage(result)}
-
-
-def _completion_response(meta: dict, result: EngineResult, method: str, logprobs: bool) -> dict[str, Any]:
-    choices = [{"index": i, "text": c.text,
-                "logprobs": _text_logprobs(c.tokens, c.token_logprobs) if logprobs else None,
-                "finish_reason": c.finish_reason, **_confidence(c, method)}
-               for i, c in enumerate(result.choices)]
-    return {**meta, "object": "text_completion", "choices": choices, "usage": _usage(result)}
-
-
-def _chat_chunks(meta: dict, result: EngineResult, method: str, logprobs: bool,
-                 include_usage: bool) -> Iterator[dict[str, Any]]:
-    """OpenAI chat chunks: a role chunk, one chunk per token, then a final chunk with the confidence."""
-    head = {**meta, "object": "chat.completion.chunk"}
-    for i, choice in enumerate(result.choices):
-        yield {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                    "logprobs": None, "finish_reason": None}]}
-        for token, lp in zip(choice.tokens, choice.token_logprobs, strict=True):
-            yield {**head, "choices": [{"index": i, "delta": {"content": token},
-                                        "logprobs": _chat_logprobs([token], [lp]) if logprobs else None,
-                                        "finish_reason": None}]}
-        yield {**head, "choices": [{"index": i, "delta": {}, "logprobs": None,
-                                    "finish_reason": choice.finish_reason, **_confidence(choice, method)}]}
-    if include_usage:
-        yield {**head, "choices": [], "usage": _usage(result)}
-
-
-def _completion_chunks(meta: dict, result: EngineResult, method: str, logprobs: bool) -> Iterator[dict[str, Any]]:
-    """Legacy completion chunks: one per token, then a final one with the confidence."""
-    head = {**meta, "object": "text_completion"}
-    for i, choice in enumerate(result.choices):
-        for token, lp in zip(choice.tokens, choice.token_logprobs, strict=True):
-            yield {**head, "choices": [{"index": i, "text": token, "finish_reason": None,
-                                        "logprobs": _text_logprobs([token], [lp]) if logprobs else None}]}
-        yield {**head, "choices": [{"index": i, "text": "", "logprobs": None,
-                                    "finish_reason": choice.finish_reason, **_confidence(choice, method)}]}
-
-
-def _sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:
-    # The answer is already complete when streaming starts (it came out of a batch), so the
-    # events are produced eagerly; streaming still lets clients use their ordinary code path.
-    async def events() -> AsyncIterator[str]:
-        for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,27 @@ class BatchStats:
         self.max_batch_seen = max(self.max_batch_seen, size)
         if len(self.sizes) < 10_000:  # bounded: a long-running server must not grow this forever
             self.sizes.append(size)
+
+
+class Scheduler(Protocol[Req, Res]):
+    """What the app needs from whatever runs requests on the model: the micro-batcher below, or an
+    engine's own scheduler (``Engine.make_scheduler``), e.g. a continuous-batching decode loop where a
+    request joins the running batch at the next decoding step.
+
+    ``submit`` raises :class:`QueueFullError` (→ 429) or :class:`ShuttingDownError` (→ 503);
+    ``queued`` and ``stats`` feed ``/health``.
+    """
+
+    stats: BatchStats
+
+    @property
+    def queued(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def submit(self, request: Req) -> Res: ...
+
+    async def stop(self, timeout: float = 60.0) -> None: ...
 
 
 class MicroBatcher(Generic[Req, Res]):

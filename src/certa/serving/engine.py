@@ -11,7 +11,7 @@ generation through a decode hook; ConfTuner scores the answer afterwards).
 from __future__ import annotations
 
 import copy
-import itertools
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -31,7 +31,10 @@ if TYPE_CHECKING:
 class EngineRequest:
     """One prompt, already rendered to the model's text format, and how to continue it.
 
-    Decoding is always greedy: the confidence methods are calibrated for the greedy answer.
+    ``temperature`` 0 is greedy decoding (one answer, repeated for ``n`` choices); above 0 each of
+    the ``n`` choices is sampled at ``temperature`` with nucleus mass ``top_p``, and ``seed`` (when
+    given) makes them reproducible. The HTTP layer resolves OpenAI's fields into these
+    (:func:`certa.serving.schemas.sampling_of`).
     """
 
     prompt: str
@@ -39,6 +42,18 @@ class EngineRequest:
     n: int = 1
     stop: tuple[str, ...] = ()
     question: str = ""  # the last user message: what read-out methods (ConfTuner, P(True)) ask about
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def rows(self) -> int:
+        """Answers to decode: one for greedy decoding (identical choices), ``n`` when sampling."""
+        return 1 if self.greedy else self.n
 
 
 @dataclass
@@ -70,7 +85,13 @@ class EngineResult:
 
 
 class Engine(Protocol):
-    """What the HTTP layer needs from a model. ``complete`` is only ever called from one thread."""
+    """What the HTTP layer needs from a model. ``complete`` is only ever called from one thread.
+
+    Scheduling is the server's unless the engine brings its own: an engine with a
+    ``make_scheduler(settings) -> Scheduler`` method (see :mod:`certa.serving.batcher`) is driven
+    through it instead of the micro-batcher, which is the seam a continuous-batching engine uses
+    (requests join the running decode loop instead of waiting for a batch to drain).
+    """
 
     model_name: str
     method_name: str
@@ -128,17 +149,51 @@ def token_pieces(tokenizer: Any, token_ids: Sequence[int]) -> list[str]:
     return pieces
 
 
+@dataclass(frozen=True)
+class DecodeRow:
+    """One answer to decode: a request's prompt with its decoding settings (a sampled request has ``n``)."""
+
+    request: int          # index of its request in the batch
+    choice: int
+    prompt: str
+    question: str
+    max_new_tokens: int
+    temperature: float    # 0: greedy
+    top_p: float
+    seed: int | None
+
+    def group_key(self) -> tuple[Any, ...]:
+        """Rows that one ``generate`` call can decode together (it takes one setting per call).
+
+        A seeded request is decoded alone, so its answers do not depend on what else was in the
+        batch: the same request and seed give the same answers.
+        """
+        alone = self.request if self.seed is not None else -1
+        return (self.max_new_tokens, self.temperature, self.top_p, alone)
+
+
+def decode_rows(requests: Sequence[EngineRequest]) -> list[DecodeRow]:
+    """Every answer a batch of requests needs, request by request."""
+    # Greedy rows ignore top-p and seed, so every greedy row of one length shares a call.
+    return [DecodeRow(i, j, r.prompt, r.question or r.prompt, r.max_new_tokens, r.temperature,
+                      1.0 if r.greedy else r.top_p, None if r.greedy else r.seed)
+            for i, r in enumerate(requests) for j in range(r.rows)]
+
+
 class ConfidenceEngine:
-    """Batched greedy generation with a confidence per answer from one ``certa.methods`` method.
+    """Batched generation with a confidence per answer from one ``certa.methods`` method.
 
     ``method`` must be usable without fitting: a training-free baseline
     (``sequence_likelihood``, ``mean_entropy``, ``p_true``…) or the method of a
     trained GrACE / ConfTuner artifact loaded as ``lm``. Not thread-safe: the
     server calls ``complete`` from one worker thread.
+
+    Decoding happens in :meth:`decode` (rows in, one ``Generation`` per row out); everything after it
+    (stop strings, scoring, choices) works row by row. A continuous-batching decoder with
+    per-row temperature / top-p / seed replaces :meth:`decode`'s grouping with one call.
     """
 
-    def __init__(self, lm: LoadedModel, method: str = "sequence_likelihood", *, model_name: str | None = None,
-                 seed: int = 0):
+    def __init__(self, lm: LoadedModel, method: str = "sequence_likelihood", *, model_name: str | None = None):
         self.lm = lm
         self.model_name = model_name or lm.name
         self.method_name = method
@@ -149,13 +204,18 @@ class ConfidenceEngine:
         if Needs.SAMPLES in self.method.needs:
             raise CertaError(f"method {method!r} needs sampled answers, which the server does not generate; "
                              "pick a method that does not need samples")
-        self.seed = seed
         # A method that reads its confidence while decoding (GrACE) hands generation its hooks.
         self._hooks = self.method.generation_hooks()
         # The event loop counts prompt tokens while the worker thread generates; a fast tokenizer
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
         self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))
+
+    @property
+    def fingerprint(self) -> str:
+        """What produced the answers: the artifact's digest (or the model name) and the method."""
+        source = self.lm.artifact_id[:12] if self.lm.artifact_id else self.lm.name
+        return f"certa-{source}-{self.method_name}"
 
     def render_chat(self, messages: Sequence[tuple[str, str]]) -> str:
         # The renderer every certa stage uses, so a served answer and its confidence read-out see the
@@ -165,27 +225,48 @@ class ConfidenceEngine:
     def count_tokens(self, text: str) -> int:
         return len(self._counter(text, add_special_tokens=False)["input_ids"])
 
-    def complete(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        results: dict[int, EngineResult] = {}
-        # One generate call per answer length: a shared max_new_tokens would change finish reasons.
-        length = lambda i: requests[i].max_new_tokens  # noqa: E731
-        for _, group in itertools.groupby(sorted(range(len(requests)), key=length), key=length):
-            indices = list(group)
-            answers = self._complete_group([requests[i] for i in indices])
-            results.update(zip(indices, answers, strict=True))
-        return [results[i] for i in range(len(requests))]
+    def score_records(self, records: Sequence[Record]) -> list[float]:
+        """The served method's confidence for graded records (an abstention calibration file)."""
+        return [float(c) for c in self.method(list(records))]
 
-    def _complete_group(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
-        # Decoding is greedy, so the n choices of a request are one answer repeated: generate it once.
-        examples = [Example(id=f"request-{i}", question=r.question or r.prompt, answers=[""],
-                            meta={RAW_PROMPT_KEY: r.prompt}) for i, r in enumerate(requests)]
-        generations = generate(self.lm, examples, max_new_tokens=requests[0].max_new_tokens,
-                               batch_size=len(examples), hooks=self._hooks, seed=self.seed, progress=False)
-        for gen, request in zip(generations, requests, strict=True):
-            self._apply_stop(gen, request.stop)
+    def complete(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        rows = decode_rows(requests)
+        generations = self.decode(rows)
+        for gen, row in zip(generations, rows, strict=True):
+            self._apply_stop(gen, requests[row.request].stop)
+        examples = [Example(id=f"row-{k}", question=row.question, answers=[""]) for k, row in enumerate(rows)]
         confidences = self._score(generations, examples)
-        return [EngineResult([self._choice(gen, conf)] * request.n, self.count_tokens(request.prompt))
-                for gen, conf, request in zip(generations, confidences, requests, strict=True)]
+        choices: list[list[ChoiceResult]] = [[] for _ in requests]
+        for gen, conf, row in zip(generations, confidences, rows, strict=True):
+            choices[row.request].append(self._choice(gen, conf))
+        return [EngineResult(found * r.n if r.greedy else found, self._worker_count(r.prompt))
+                for found, r in zip(choices, requests, strict=True)]
+
+    def decode(self, rows: Sequence[DecodeRow]) -> list[Generation]:
+        """One generation per row, through ``certa.generation.generate``: one call per group of rows
+        sharing their settings (:meth:`DecodeRow.group_key`), each group one batch."""
+        out: dict[int, Generation] = {}
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k, row in enumerate(rows):
+            groups.setdefault(row.group_key(), []).append(k)
+        for members in groups.values():
+            first = rows[members[0]]
+            # Ids only need to be unique within a call; a seeded request's are its choice numbers, so
+            # its sampling seed (derived from the seed and the ids) never depends on the batch.
+            alone = first.seed is not None
+            examples = [Example(id=f"choice-{rows[k].choice}" if alone else f"row-{k}", question=rows[k].question,
+                                answers=[""], meta={RAW_PROMPT_KEY: rows[k].prompt}) for k in members]
+            sampled = first.temperature > 0
+            seed = first.seed if alone else secrets.randbits(32) if sampled else 0
+            found = generate(self.lm, examples, max_new_tokens=first.max_new_tokens, batch_size=len(examples),
+                             hooks=self._hooks, progress=False, seed=seed, sample_answer=sampled,
+                             temperature=first.temperature if sampled else 1.0, top_p=first.top_p)
+            out.update(zip(members, found, strict=True))
+        return [out[k] for k in range(len(rows))]
+
+    def _worker_count(self, text: str) -> int:
+        # The worker thread owns lm.tokenizer; the event loop's copy must not be shared with it.
+        return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _apply_stop(self, gen: Generation, stops: Sequence[str]) -> None:
         """Cut a generation at its first stop string, keeping the per-token lists aligned."""

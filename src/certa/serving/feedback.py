@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 MAX_ID_LENGTH = 256
+MAX_CHOICE = 2**31 - 1  # an SQLite INTEGER holds it; no request has that many choices
 
 
 # --------------------------------------------------------------------------- errors
@@ -185,8 +186,8 @@ def parse_label(value: Any) -> float:
 def _check_key(completion_id: Any, choice: Any, error: type[CertaError]) -> tuple[str, int]:
     if not isinstance(completion_id, str) or not completion_id or len(completion_id) > MAX_ID_LENGTH:
         raise error(f"id must be a non-empty string of at most {MAX_ID_LENGTH} characters, got {completion_id!r}")
-    if not isinstance(choice, (int, np.integer)) or isinstance(choice, bool) or choice < 0:
-        raise error(f"choice must be a non-negative integer, got {choice!r}")
+    if not isinstance(choice, (int, np.integer)) or isinstance(choice, bool) or not 0 <= choice <= MAX_CHOICE:
+        raise error(f"choice must be a non-negative integer (at most {MAX_CHOICE}), got {choice!r}")
     return completion_id, int(choice)
 
 
@@ -440,6 +441,13 @@ class FeedbackStore:
             "FROM labels AS l JOIN answers AS a USING (completion_id, choice) "
             f"WHERE {' AND '.join(where)} ORDER BY a.created, l.labelled_at, a.completion_id, a.choice", params)
         return LabelledPairs.from_rows(rows)
+
+    def labelled_methods(self, *, model: str | None = None) -> list[str]:
+        """The methods (sorted) whose answers carry at least one label (optionally of one model)."""
+        where, params = ("WHERE a.model = ?", (model,)) if model is not None else ("", ())
+        rows = self._read("SELECT DISTINCT a.method FROM labels AS l JOIN answers AS a USING (completion_id, choice) "
+                          f"{where} ORDER BY a.method", params)
+        return [r[0] for r in rows]
 
     def windows(self, width: float, *, origin: float = 0.0, since: float | None = None, until: float | None = None,
                 method: str | None = None, model: str | None = None) -> list[Window]:

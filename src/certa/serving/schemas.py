@@ -1,15 +1,62 @@
-"""Request bodies of the OpenAI-compatible endpoints, as pydantic models.
+"""Request and response bodies of the OpenAI-compatible endpoints, as pydantic models.
 
-Only the fields certa acts on are declared; other OpenAI fields (``user``,
-``seed``, ``presence_penalty``…) are accepted and ignored, so stock clients
-work unchanged. Type errors in declared fields become OpenAI-style 400s.
+Requests declare the fields certa acts on; other OpenAI fields (``user``,
+``presence_penalty``…) are accepted and ignored, so stock clients work
+unchanged. Type errors in declared fields become OpenAI-style 400s.
+
+The response models are the documented shape of what the server returns: they
+feed the OpenAPI schema (``/openapi.json``), which the fuzz test
+(``tests/test_server_fuzz.py``) checks every response against. The handlers
+build plain dicts, so a field listed here that a handler forgets shows up as a
+schema violation there.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+#: OpenAI's default sampling temperature when a request gives none.
+OPENAI_DEFAULT_TEMPERATURE = 1.0
+
+_INT64 = 2**63
+
+
+class Sampling(BaseModel):
+    """How a request's answers are decoded, after certa's rules for absent fields (see :func:`sampling_of`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float  # 0: greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def sampling_of(temperature: float | None, top_p: float | None, seed: int | None, n: int) -> Sampling:
+    """The decoding certa runs for a request's ``temperature``, ``top_p``, ``seed`` and ``n``.
+
+    - ``temperature`` absent: greedy when ``n == 1`` — certa's confidences (trained methods,
+      recalibration maps, abstention thresholds) are fitted on greedy answers, so the default answer
+      is the one they are calibrated for — and OpenAI's default 1.0 when ``n > 1``, since ``n``
+      copies of one greedy answer are never what a client asking for several answers wants.
+    - ``temperature`` 0, or ``top_p`` 0 (only the most likely token is left): greedy.
+    - otherwise: sampled at ``temperature`` with nucleus mass ``top_p`` (default 1), seeded by ``seed``.
+
+    ``seed`` is kept only for sampled decoding (greedy needs none).
+    """
+    t = (OPENAI_DEFAULT_TEMPERATURE if n > 1 else 0.0) if temperature is None else float(temperature)
+    p = 1.0 if top_p is None else float(top_p)
+    if t == 0.0 or p == 0.0:
+        return Sampling(temperature=0.0)
+    return Sampling(temperature=t, top_p=p, seed=seed)
+
+
+# ---- requests ------------------------------------------------------------------------------------
 
 
 class _Request(BaseModel):
@@ -17,11 +64,16 @@ class _Request(BaseModel):
 
     model: str
     max_tokens: int | None = Field(None, ge=1)
-    # Accepted for compatibility; decoding is greedy because confidences are calibrated for that answer.
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    temperature: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="0 or absent: greedy (absent with n > 1: 1.0, OpenAI's default); otherwise sampled")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="nucleus sampling mass (default 1)")
+    seed: int | None = Field(None, ge=-_INT64, lt=_INT64, description="makes sampled answers reproducible")
     n: int = Field(1, ge=1)
     stream: bool = False
     stop: str | list[str] | None = None
+    include_abstained_answer: bool = Field(
+        False, description="certa: when an answer is withheld (abstained), return it in 'abstained_answer'")
 
     @field_validator("stop")
     @classmethod
@@ -38,18 +90,25 @@ class _Request(BaseModel):
     def stops(self) -> list[str]:
         return list(self.stop or [])
 
+    @property
+    def sampling(self) -> Sampling:
+        return sampling_of(self.temperature, self.top_p, self.seed, self.n)
+
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict] = ""
+    content: str | list[dict[str, Any]] | None = ""
 
     def text(self) -> str:
         """The message text; list content keeps only its ``text`` parts (no images here)."""
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.get("text", "") for part in self.content if part.get("type") == "text")
+        return "".join(part["text"] for part in self.content
+                       if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
 class ChatCompletionRequest(_Request):
@@ -59,7 +118,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream_options: dict | None = None
+    stream_options: dict[str, Any] | None = None
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -76,3 +135,140 @@ class CompletionRequest(_Request):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
+
+
+class FeedbackRequest(BaseModel):
+    """Body of ``POST /v1/feedback``: a grade of one served choice (labels are write-once)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256, description="the completion id the server returned")
+    choice: int = Field(0, ge=0, le=2**31 - 1, description="the choice index")
+    correct: StrictBool | Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = Field(
+        description="true / false, or partial credit in [0, 1]")
+
+
+# ---- responses (documentation and the fuzz test's schema) ------------------------------------------
+
+FinishReason = Literal["stop", "length"]
+
+
+class _Confidence(BaseModel):
+    confidence: float = Field(ge=0.0, le=1.0, description="the served (possibly recalibrated) confidence")
+    confidence_method: str
+    abstained: bool = Field(description="the answer was withheld: its confidence is below the abstention threshold")
+    abstained_answer: str | None = Field(
+        None, description="the withheld answer, only when the request set include_abstained_answer")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatTokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+    top_logprobs: list[Any]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[Any] | None = None
+
+
+class ChatMessageOut(BaseModel):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: str | None = Field(None, description="the refusal text when the answer was withheld")
+
+
+class ChatChoice(_Confidence):
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TextLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[Any] | None
+    text_offset: list[int]
+
+
+class TextChoice(_Confidence):
+    index: int
+    text: str
+    logprobs: TextLogprobs | None
+    finish_reason: FinishReason
+
+
+class TextCompletion(BaseModel):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelCard]
+
+
+class FeedbackAck(BaseModel):
+    """The stored label: when this response arrives the label is on disk (fsynced)."""
+
+    object: Literal["feedback"]
+    id: str
+    choice: int
+    correct: float
+    labelled_at: float
+
+
+class CalibrationReportOut(BaseModel):
+    """``GET /v1/calibration``: the recalibration map and the abstention threshold in use."""
+
+    object: Literal["calibration"]
+    model: str
+    confidence_method: str
+    feedback: bool = Field(description="answers and labels are stored (--db)")
+    answers: int | None
+    labels: int | None
+    ece_raw: float | None = Field(description="ECE of the method's raw confidence on every stored label")
+    ece_served: float | None = Field(description="ECE of the confidence as served, on every stored label")
+    recalibration: dict[str, Any] | None
+    abstention: dict[str, Any] | None
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
