@@ -174,3 +174,37 @@ def test_cascade_and_self_correct_run_from_the_cli(capsys, tmp_path, tiny_model_
     assert code == 0, err
     result = json.loads((tmp_path / "sc" / "self_correct.json").read_text())
     assert result["accuracy_before"] == pytest.approx(40 / 60)
+
+
+def _scores_file(path, conf, correct):
+    write_jsonl(path, [{"id": f"q{i}", "correct": float(y), "scores": {"m": float(c)}}
+                       for i, (c, y) in enumerate(zip(conf, correct))])
+    return path
+
+
+def test_abstain_certifies_a_threshold_and_reports_the_test_outcome(capsys, tmp_path):
+    from certa.uses.selective import apply_threshold, select_threshold
+
+    rng = np.random.default_rng(0)
+    cal_conf, test_conf = rng.random(400), rng.random(400)
+    cal_y = (rng.random(400) < cal_conf).astype(float)      # P(correct | c) = c
+    test_y = (rng.random(400) < test_conf).astype(float)
+    cal = _scores_file(tmp_path / "cal.jsonl", cal_conf, cal_y)
+    test = _scores_file(tmp_path / "test.jsonl", test_conf, test_y)
+    code, out, err = run_cli(capsys, "abstain", "--in", str(cal), "--method", "m", "--target-error", "0.2",
+                             "--test", str(test), "--out", str(tmp_path / "t.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "t.json").read_text())
+    expected = select_threshold(cal_conf, cal_y, 0.2, 0.05)
+    assert report["threshold"] == pytest.approx(expected.threshold)
+    assert report["coverage"] == pytest.approx(expected.coverage)
+    assert report["test"]["coverage"] == pytest.approx(apply_threshold(expected, test_conf, test_y).coverage)
+    assert 0.5 < expected.threshold < 1 and "test" in out
+
+
+def test_abstain_with_an_unreachable_target_names_the_lowest_certifiable_one(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    cal = _scores_file(tmp_path / "cal.jsonl", rng.random(100), rng.random(100) < 0.5)   # confidence says nothing
+    code, out, err = run_cli(capsys, "abstain", "--in", str(cal), "--method", "m", "--target-error", "0.05")
+    assert code == 2
+    assert "lowest error this calibration set certifies" in err and len(err.strip().splitlines()) == 1

@@ -361,3 +361,10 @@ def test_the_simulation_catches_a_threshold_without_a_guarantee():
         t = conf[order][np.flatnonzero(running <= TARGET).max()]
         violations += _linear_risk(t) > TARGET
     assert violations / 200 > 0.3
+
+
+def test_the_module_is_reachable_as_certa_selective():
+    import certa
+    import certa.uses.selective as module
+
+    assert certa.selective is module and "selective" in dir(certa)

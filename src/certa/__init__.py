@@ -46,12 +46,17 @@ _EXPORTS = {
     "CertaError": "certa.errors",
 }
 
-__all__ = ["__version__", "load", *_EXPORTS]
+# Modules reachable as attributes, e.g. ``certa.selective.select_threshold(conf, correct, 0.1)``.
+_MODULES = {"selective": "certa.uses.selective"}
+
+__all__ = ["__version__", "load", *_EXPORTS, *_MODULES]
 
 
 def __getattr__(name: str) -> Any:
     if name == "load":  # ``certa.load("runs/grace")`` reads like loading any trained artifact
         return importlib.import_module("certa.models").load_model
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'certa' has no attribute {name!r}")

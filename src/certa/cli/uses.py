@@ -1,4 +1,4 @@
-"""Acting on confidence: ``scale``, ``self-correct``, ``cascade``."""
+"""Acting on confidence: ``abstain``, ``scale``, ``self-correct``, ``cascade``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,46 @@ from ..scores import read_scores
 from ..study.stages import load_records
 from ..uses.cascade import cascade as run_cascade
 from ..uses.cascade import plot_cascade
+from ..uses.selective import apply_threshold, select_threshold
 from ..uses.self_correct import self_correct
 from ..uses.voting import budget_ladder, plot_scaling, run_strategies, scaling_curves
 from .app import ModelOpt, app, console, print_rows
+
+
+@app.command()
+def abstain(
+    inp: Annotated[Path, typer.Option("--in", "-i", help="calibration scores JSONL (certa score): confidences with grades")],
+    method: Annotated[str, typer.Option(help="whose confidence to threshold (a column of --in)")],
+    target_error: Annotated[float, typer.Option(help="the error rate among answered questions to guarantee")] = 0.1,
+    delta: Annotated[float, typer.Option(help="allowed probability that the calibration draw gives a threshold missing the target")] = 0.05,
+    bound: Annotated[str, typer.Option(help="tail bound: auto, binomial, hoeffding_bentkus or hoeffding")] = "auto",
+    test: Annotated[Path | None, typer.Option(help="test scores JSONL: report the threshold's realized coverage and error there")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the threshold (and test outcome) as JSON here")] = None,
+) -> None:
+    """The lowest confidence threshold certified to keep the error of answered questions at most the target.
+
+    Learn-then-Test with fixed-sequence testing (docs/abstention.md): with probability at least
+    1 - delta over the calibration draw, answers with confidence >= t are wrong at most target-error
+    of the time. A target no threshold can meet is an error naming the lowest one this data certifies.
+    """
+    calibration = read_scores(inp)
+    threshold = select_threshold(calibration.column(method, where=str(inp)), calibration.correct,
+                                 target_error, delta, bound)  # type: ignore[arg-type]
+    report: dict = {"method": method, "calibration": str(inp), **threshold.to_dict()}
+    rows = {"calibration": {"threshold": threshold.threshold, "coverage": threshold.coverage,
+                            "error": threshold.error, "answered": f"{threshold.n_kept}/{threshold.n_calibration}"}}
+    if test is not None:
+        held_out = read_scores(test)
+        outcome = apply_threshold(threshold, held_out.column(method, where=str(test)), held_out.correct)
+        report["test"] = {"path": str(test), **outcome.to_dict()}
+        rows["test"] = {"threshold": outcome.threshold, "coverage": outcome.coverage,
+                        "error": outcome.error if outcome.error is not None else "-",
+                        "answered": f"{outcome.n_kept}/{outcome.n}"}
+    print_rows(f"{method}: error <= {target_error:g} with probability >= {1 - delta:g}", rows,
+               ("threshold", "coverage", "error", "answered"))
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2))
+        console.print(f"threshold: {out}")
 
 
 @app.command()
