@@ -115,6 +115,7 @@ def test_the_prefix_store_gives_the_same_cache_as_encoding_again(tiny_lm):
 
     pairs = [([5, 6, 7, 8], [9, 10]), ([12], [13, 14, 15]), ([16, 17], [18])]
     store = PrefixStore(max_gb=1.0)
+    store.plan(["a", "b", "c"], pairs)
     first = store.cache(tiny_lm.model, ["a", "b", "c"], pairs, tiny_lm.tokenizer.pad_token_id)  # encodes
     again = store.cache(tiny_lm.model, ["c", "a", "b"], [pairs[2], pairs[0], pairs[1]], tiny_lm.tokenizer.pad_token_id)
     assert store.used > 0
@@ -130,6 +131,33 @@ def test_the_prefix_store_gives_the_same_cache_as_encoding_again(tiny_lm):
         tiny_lm.model, ["c", "a", "b"], [pairs[2], pairs[0], pairs[1]], tiny_lm.tokenizer.pad_token_id), suffixes),
         suffixes).detach(), want, atol=1e-5, rtol=1e-5)
     assert empty.used == 0
+
+
+def test_the_prefix_store_keeps_the_same_answers_and_slots_whatever_the_order_of_use(tiny_lm):
+    """What is kept, and its slots, depend on the plan only: a resumed run reads the same numbers."""
+    from certa.methods.answer_cache import PrefixStore
+
+    pad = tiny_lm.tokenizer.pad_token_id
+    pairs = {k: ([5 + i] * (2 + i), [9 + i, 10]) for i, k in enumerate("abcdef")}
+    one_slot = PrefixStore(max_gb=1.0)
+    one_slot.plan(["a"], [pairs["a"]])
+    one_slot.cache(tiny_lm.model, ["a"], [pairs["a"]], pad)
+    per_token = one_slot.used / 3                      # "a" encodes 2 prompt tokens + 1 answer token
+    budget_gb = per_token * (3 + 4 + 5) / 1024 ** 3     # room for a, b and c exactly
+
+    def run(batches):
+        store = PrefixStore(max_gb=budget_gb)
+        store.plan(list(pairs), list(pairs.values()))
+        for keys in batches:
+            store.cache(tiny_lm.model, keys, [pairs[k] for k in keys], pad)
+        return store
+
+    forward = run([["a", "b"], ["c", "d"], ["e", "f"]])
+    resumed = run([["f", "c", "e"], ["d", "b", "a"]])      # other batches, other order
+    assert set(forward._slots) == set(resumed._slots) == {"a", "b", "c"}
+    for key in "abc":
+        for (k1, v1), (k2, v2) in zip(forward._slots[key], resumed._slots[key], strict=True):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2)
 
 
 def test_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):

@@ -136,35 +136,79 @@ class PrefixStore:
     In suffix mode the adapter runs only after the answer, so the base model's
     encoding of a training answer never changes while training: encoding it
     again at every step would spend most of the step on work already done. The
-    store keeps each answer's KV slots (on the CPU, up to ``max_gb``; beyond it,
-    answers are encoded at each step as before) and assembles a batch's cache
+    store keeps each answer's KV slots on the CPU and assembles a batch's cache
     by left padding.
+
+    Which answers are kept is decided by :meth:`plan` alone — the planned answers,
+    in the planned order, while they fit in ``max_gb``; the others are encoded at
+    each step, with their batch. A kept answer is encoded on its own, never padded
+    beside others, so its slots are the same whichever step first needs it: a run
+    resumed from a checkpoint computes exactly what the uninterrupted run did.
     """
 
     def __init__(self, max_gb: float):
         self.max_bytes = int(max_gb * 1024 ** 3)
         self.used = 0
+        self._planned: dict[str, int] = {}          # key -> encoded length, in plan order
+        self._kept: set[str] | None = None          # decided at the first encoding (bytes per token known)
         self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def plan(self, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
+        """Declare answers that training will read (training items first, then held-out ones)."""
+        for key, (prompt, response) in zip(keys, pairs, strict=True):
+            self._planned.setdefault(key, len(prompt) + len(response) - 1)
+        self._kept = None
 
     def cache(self, model: torch.nn.Module, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
               pad_id: int) -> AnswerCache:
         """The batch's :class:`AnswerCache` (base model), from stored slots where there are any."""
         missing = [i for i, key in enumerate(keys) if key not in self._slots]
+        kept = self._kept_keys(model, pad_id, keys[missing[0]], pairs[missing[0]]) if missing else set()
         encoded: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        if missing:
-            fresh = encode_answers(model, [pairs[i] for i in missing], pad_id)
-            lengths = fresh.mask.long().sum(-1).tolist()
-            layers = [(layer.keys, layer.values) for layer in fresh.past_key_values.layers]
-            for row, i in enumerate(missing):
-                slots = [(k[row, :, k.shape[2] - lengths[row]:].detach().cpu(), v[row, :, v.shape[2] - lengths[row]:]
-                          .detach().cpu()) for k, v in layers]
-                encoded[i] = slots
-                size = sum(k.numel() * k.element_size() * 2 for k, _ in slots)
-                if self.used + size <= self.max_bytes:
-                    self._slots[keys[i]] = slots
-                    self.used += size
+        for i in missing:
+            if keys[i] in kept and keys[i] not in self._slots:
+                self._store(keys[i], _slots(encode_answers(model, [pairs[i]], pad_id))[0])
+        fresh = [i for i in missing if keys[i] not in self._slots]
+        if fresh:
+            encoded = dict(zip(fresh, _slots(encode_answers(model, [pairs[i] for i in fresh], pad_id)), strict=True))
         rows = [encoded.get(i) or self._slots[key] for i, key in enumerate(keys)]
         return _assemble(rows, [pair[1][-1] for pair in pairs], next(model.parameters()).device)
+
+    def _kept_keys(self, model: torch.nn.Module, pad_id: int, probe_key: str,
+                   probe: tuple[Sequence[int], Sequence[int]]) -> set[str]:
+        """The planned answers that fit, measuring the bytes per token on one answer encoded alone."""
+        if self._kept is None:
+            self._kept = set()
+            if self.max_bytes > 0 and self._planned:
+                slots = _slots(encode_answers(model, [probe], pad_id))[0]
+                per_token = _size(slots) / max(1, slots[0][0].shape[1])
+                budget = self.max_bytes - self.used
+                for key, length in self._planned.items():
+                    if key in self._slots:
+                        continue
+                    if length * per_token > budget:
+                        break      # a prefix of the plan: the choice is the same in every run
+                    self._kept.add(key)
+                    budget -= length * per_token
+                if probe_key in self._kept:
+                    self._store(probe_key, slots)
+        return self._kept
+
+    def _store(self, key: str, slots: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self._slots[key] = slots
+        self.used += _size(slots)
+
+
+def _slots(cache: AnswerCache) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Each row's KV slots (its real tokens only), moved to the CPU."""
+    lengths = cache.mask.long().sum(-1).tolist()
+    layers = [(layer.keys, layer.values) for layer in cache.past_key_values.layers]
+    return [[(k[row, :, k.shape[2] - n:].detach().cpu(), v[row, :, v.shape[2] - n:].detach().cpu())
+             for k, v in layers] for row, n in enumerate(lengths)]
+
+
+def _size(slots: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in slots)
 
 
 def _assemble(rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], last_tokens: Sequence[int],

@@ -41,7 +41,7 @@ class Objective(Protocol):
         """The training loss of one batch (adapter enabled) and scalars to log."""
 
     def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: TrainConfig) -> list[dict[str, Any]]:
-        """Held-out records as items ``collate`` takes (no side effects: nothing is placed or fitted)."""
+        """Held-out records as items ``collate`` takes (nothing is placed or fitted; caches may be planned)."""
 
     def confidences(self, lm: LoadedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The read-out of a collated batch: one confidence in [0, 1] per item."""

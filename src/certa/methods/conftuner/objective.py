@@ -63,6 +63,7 @@ class ConfTunerObjective:
         if truncated:
             log.warning("conftuner: %d of %d training prompts cut to their last %d tokens (max_length)",
                         truncated, len(items), config.max_length)
+        self.prefixes.plan([it["id"] for it in items], [(it["prompt"], it["response"]) for it in items])
         return items
 
     def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: ConfTunerConfig

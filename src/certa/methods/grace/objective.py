@@ -69,6 +69,7 @@ class GraceObjective:
             prompt, response = truncate(*answer_ids(lm, record), config.max_length)
             items.append({"id": content_key(prompt, response), "prompt": prompt, "response": response, "target": float(t),
                           "correct": float(record.correct), "hidden": record.hidden_state})
+        self.prefixes.plan([it["id"] for it in items], [(it["prompt"], it["response"]) for it in items])
         return items
 
     def collate(self, lm: LoadedModel, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
