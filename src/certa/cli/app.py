@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -42,8 +43,18 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show progress logs")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="print certa's version and exit")] = False,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="also load model weights stored as a Python pickle (pytorch_model.bin), which "
+                               "can run code when read; default: safetensors only")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="run the Python code a model repository ships (auto_map); default: never")] = False,
 ) -> None:
     state["debug"] = debug
+    # Every command (and the study, the server) loads models through certa.models, which reads these.
+    if allow_pickle:
+        os.environ["CERTA_ALLOW_PICKLE"] = "1"
+    if trust_remote_code:
+        os.environ["CERTA_TRUST_REMOTE_CODE"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

@@ -43,7 +43,8 @@ def load_model(
             its own code, or the Hub id cannot be loaded; a built-in artifact not in this install.
         MissingDependencyError: the package shipping a built-in model is not installed.
     """
-    policy = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    given = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    policy = {k: v for k, v in given.items() if v is not None}  # not given: the environment decides
     path = Path(str(spec)).expanduser()
     if is_artifact(path):
         return load_artifact(path, device=device, dtype=dtype, **policy)
