@@ -78,6 +78,19 @@ print(f"  ok: py.typed; NOTICE.md; licenses {licenses}")
 print(f"  ok: every dataset loads: {sizes}")
 EOF
 
+step "built-in artifacts: every one in the source tree is in the wheel, loadable by name"
+"$BIN/python" - "$REPO" <<'EOF'
+import pathlib, sys
+from certa.models import builtin_model_names
+from certa.models.bundled import REQUIRED, ROOT
+source = sorted(p.parent.name for p in pathlib.Path(sys.argv[1], "src/certa/artifacts").glob("*/certa.json"))
+for name in source:
+    missing = [f for f in REQUIRED if not (ROOT / name / f).is_file()]
+    assert not missing, f"{name}: {missing} not in the wheel"
+    assert name in builtin_model_names(), name
+print(f"  ok: {source or 'none built yet (make artifacts)'}")
+EOF
+
 step "tiny end-to-end run on the tiny random-weight model (generate → grade → score → evaluate)"
 PYTHONPATH="$REPO/tests" "$BIN/python" -c "from tiny import build_tiny_model; build_tiny_model('tiny-model')" 2>/dev/null
 "$BIN/certa" generate -m tiny-model -d arithmetic --limit 8 --max-new-tokens 6 --batch-size 4 -o gens.jsonl
