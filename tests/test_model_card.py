@@ -134,10 +134,11 @@ def test_bad_evaluations_and_cards_are_one_line_errors(tmp_path):
 
 def test_the_trainer_writes_the_card_for_every_artifact(tiny_lm, tiny_model_dir, tmp_path):
     """A real (tiny) training: the artifact's README.md is certa's card, not PEFT's blank template."""
+    from test_trainer import ToyObjective, make_records
+
     from certa.models import load_model
     from certa.training.config import TrainConfig
     from certa.training.trainer import train
-    from test_trainer import ToyObjective, make_records
 
     class WithValidation(ToyObjective):
         def validation_items(self, lm, records, config):
