@@ -44,9 +44,15 @@ artifacts: $(STAMP)
 	$(VENV)/bin/certa run configs/artifacts.yaml
 	$(PY) -m certa.models.bundling runs/artifacts
 
+# uv builds the check venvs below from its cache (the CPU torch wheel is hard-linked, not unpacked again).
+UV := $(VENV)/bin/uv
+$(UV): $(STAMP)
+	$(PY) -m pip install -q uv
+WITH_UV := PATH="$$PATH:$(abspath $(VENV))/bin"
+
 # The wheel, installed into a fresh venv (not editable), runs `certa --version`, `methods` and a tiny end to end.
-check-wheel:
-	bash .ci/check_wheel.sh
+check-wheel: $(UV)
+	$(WITH_UV) bash .ci/check_wheel.sh
 
 DOCS_STAMP := $(VENV)/.certa-docs-installed
 docs-install: $(DOCS_STAMP)
@@ -63,9 +69,8 @@ lowest:
 	bash .ci/lowest_versions.sh
 
 # Each extra (serve, hf, pandas, docs, dev) installed alone into a fresh venv, then used.
-extras: $(STAMP)
-	$(PY) -m pip install -q uv
-	CERTA_TEST_EXTRAS=1 $(VENV)/bin/pytest -q tests/test_extras.py
+extras: $(UV)
+	$(WITH_UV) CERTA_TEST_EXTRAS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_extras.py
 
 # The HTML report in headless Chromium (Debian's package); part of `make test` whenever Chromium is installed.
 browser: $(STAMP)

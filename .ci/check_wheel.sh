@@ -8,7 +8,8 @@
 #   KEEP=1 WORK=/tmp/wheel-check bash .ci/check_wheel.sh
 #
 # Needs PyPI (or the machine's wheel mirror) for the build backend and certa's dependencies.
-# TORCH_SPEC as in the Makefile: the CPU build of torch, installed first.
+# TORCH_SPEC as in the Makefile: the CPU build of torch, installed first. With `uv` on PATH the fresh venv is
+# made and filled by uv (same packages, from its cache: measured 7.4 min with pip vs about 1 min with uv here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -32,9 +33,17 @@ WHEEL=$(ls "$WORK"/dist/certa-*.whl)
 ls -l "$WORK"/dist | sed 's/^/  /'
 
 step "fresh venv: $TORCH_SPEC first, then the wheel (not editable)"
-"$PYTHON" -m venv "$WORK/venv"
-"$WORK/venv/bin/pip" install -q "$TORCH_SPEC"
-"$WORK/venv/bin/pip" install -q "$WHEEL"
+if command -v uv >/dev/null && [ -z "${NO_UV:-}" ]; then
+  links=(); [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
+  uv venv -q --python "$PYTHON" "$WORK/venv"
+  # uv does not read pip's config: the CPU build is named by its local version (+cpu), found in /opt/wheels.
+  uv pip install -q --python "$WORK/venv/bin/python" "${links[@]}" "${UV_TORCH_SPEC:-${TORCH_SPEC}+cpu}"
+  uv pip install -q --python "$WORK/venv/bin/python" "${links[@]}" "$WHEEL"
+else
+  "$PYTHON" -m venv "$WORK/venv"
+  "$WORK/venv/bin/pip" install -q "$TORCH_SPEC"
+  "$WORK/venv/bin/pip" install -q "$WHEEL"
+fi
 BIN=$WORK/venv/bin
 cd "$WORK"   # away from the source tree: only the installed package can be imported
 
