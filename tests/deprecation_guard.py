@@ -164,6 +164,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
             terminalreporter.write_line(f"{site}: {message[:160]}{known}")
     stale = sorted(set(_KNOWN) - _known_seen)
     if stale and _known_seen and _MODE != "off":   # only meaningful when the run reached the known uses at all
-        terminalreporter.section("known deprecated uses no test reached (fixed? delete them from the file)")
+        terminalreporter.section("known deprecated uses this run did not reach (after a whole run: fixed? delete them)")
         for key in stale:
             terminalreporter.write_line(key)

@@ -147,3 +147,17 @@ def test_the_shipped_artifacts_fit_the_size_budget_and_are_declared_package_data
         assert directory.name in bundled.BUNDLED_ARTIFACTS, f"{directory.name} is not a registered built-in artifact"
         assert all((directory / f).is_file() for f in bundled.REQUIRED), directory
         assert read_card_metadata(directory)["library_name"] == "certa"
+
+
+def test_certa_models_lists_base_models_and_which_built_in_artifacts_this_install_has(grace_artifact, package_root):
+    from typer.testing import CliRunner
+
+    from certa.cli import app
+
+    bundle_artifact(grace_artifact[0], "default-grace")
+    result = CliRunner().invoke(app, ["models"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") >= 3}
+    assert "smollm2-135m (default)" in lines and "gemma3-270m" in lines
+    assert "yes (" in lines["default-grace"] and "MB)" in lines["default-grace"]
+    assert "make artifacts" in lines["default-conftuner"]
