@@ -25,7 +25,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 state = {"debug": False}
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', a built-in artifact such as 'default-grace' "
+                                      "(see `certa models`), an HF id or path, a .gguf file, or a certa artifact.")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name (see `certa datasets`), a JSONL path, or hf:owner/name.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test or all (deterministic by id hash).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="use at most this many questions (a stable subset).")]
