@@ -21,8 +21,8 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard libr
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SPEC = os.environ.get("TORCH_SPEC_UV", "torch==2.13.0+cpu")
 FIND_LINKS = os.environ.get("FIND_LINKS", "/opt/wheels")
-pytestmark = pytest.mark.skipif(os.environ.get("CERTA_TEST_EXTRAS") != "1",
-                                reason="installs packages: run with CERTA_TEST_EXTRAS=1 (make extras)")
+installs = pytest.mark.skipif(os.environ.get("CERTA_TEST_EXTRAS") != "1",
+                              reason="installs packages: run with CERTA_TEST_EXTRAS=1 (make extras)")
 
 #: What each extra must make work: Python run in the venv it was installed into.
 CHECKS = {
@@ -91,6 +91,7 @@ def wheel(tmp_path_factory) -> Path:
     return found
 
 
+@installs
 @pytest.mark.parametrize("extra", ["", *sorted(CHECKS.keys() - {""})])
 def test_the_extra_installs_alone_and_works(extra, wheel, tmp_path):
     uv = _uv()
