@@ -9,7 +9,8 @@ STAMP := $(VENV)/.certa-installed
 TORCH_SPEC ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo demo-full results test test-all lint clean
+.PHONY: install demo demo-full results artifacts test test-all lint clean ci check-wheel docs-build docs-install \
+        lowest extras browser
 
 install: $(STAMP)
 
@@ -34,6 +35,48 @@ results: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 
+# Everything CI runs (.ci/run), in the order of what fails most often; the timings are in docs/ci.md.
+ci: test docs-build check-wheel lowest extras
+
+# The built-in artifacts default-grace and default-conftuner (src/certa/artifacts/, shipped in the wheel):
+# train them on bundled data, then copy them in with their held-out metrics in their model cards.
+artifacts: $(STAMP)
+	$(VENV)/bin/certa run configs/artifacts.yaml
+	$(PY) -m certa.models.bundling runs/artifacts
+
+# uv builds the check venvs below from its cache (the CPU torch wheel is hard-linked, not unpacked again).
+UV := $(VENV)/bin/uv
+$(UV): $(STAMP)
+	$(PY) -m pip install -q uv
+WITH_UV := PATH="$$PATH:$(abspath $(VENV))/bin"
+
+# The wheel, installed into a fresh venv (not editable), runs `certa --version`, `methods` and a tiny end to end.
+check-wheel: $(UV)
+	$(WITH_UV) bash .ci/check_wheel.sh
+
+DOCS_STAMP := $(VENV)/.certa-docs-installed
+docs-install: $(DOCS_STAMP)
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+# The docs site with every link, anchor and docstring reference checked; the site lands in site/.
+docs-build: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# The fast tests on the lowest versions pyproject.toml allows (a fresh venv of its own).
+lowest:
+	bash .ci/lowest_versions.sh
+
+# Each extra (serve, hf, pandas, docs, dev) installed alone into a fresh venv, then used.
+extras: $(UV)
+	$(WITH_UV) CERTA_TEST_EXTRAS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_extras.py
+
+# The HTML report in headless Chromium (Debian's package); part of `make test` whenever Chromium is installed.
+browser: $(STAMP)
+	command -v chromium >/dev/null || apt-get install -y -q chromium
+	$(VENV)/bin/pytest -q tests/test_report_browser.py
+
 test-all: $(STAMP)
 	$(VENV)/bin/pytest -q
 
@@ -41,4 +84,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(DEMO_OUT) $(DEMO_OUT)-full .pytest_cache .ruff_cache
+	rm -rf $(DEMO_OUT) $(DEMO_OUT)-full .pytest_cache .ruff_cache site

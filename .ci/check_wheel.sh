@@ -8,7 +8,8 @@
 #   KEEP=1 WORK=/tmp/wheel-check bash .ci/check_wheel.sh
 #
 # Needs PyPI (or the machine's wheel mirror) for the build backend and certa's dependencies.
-# TORCH_SPEC as in the Makefile: the CPU build of torch, installed first.
+# TORCH_SPEC as in the Makefile: the CPU build of torch, installed first. With `uv` on PATH the fresh venv is
+# made and filled by uv (same packages, from its cache: measured 7.4 min with pip vs about 1 min with uv here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -32,9 +33,17 @@ WHEEL=$(ls "$WORK"/dist/certa-*.whl)
 ls -l "$WORK"/dist | sed 's/^/  /'
 
 step "fresh venv: $TORCH_SPEC first, then the wheel (not editable)"
-"$PYTHON" -m venv "$WORK/venv"
-"$WORK/venv/bin/pip" install -q "$TORCH_SPEC"
-"$WORK/venv/bin/pip" install -q "$WHEEL"
+if command -v uv >/dev/null && [ -z "${NO_UV:-}" ]; then
+  links=(); [ -d /opt/wheels ] && links=(--find-links /opt/wheels)
+  uv venv -q --python "$PYTHON" "$WORK/venv"
+  # uv does not read pip's config: the CPU build is named by its local version (+cpu), found in /opt/wheels.
+  uv pip install -q --python "$WORK/venv/bin/python" "${links[@]}" "${UV_TORCH_SPEC:-${TORCH_SPEC}+cpu}"
+  uv pip install -q --python "$WORK/venv/bin/python" "${links[@]}" "$WHEEL"
+else
+  "$PYTHON" -m venv "$WORK/venv"
+  "$WORK/venv/bin/pip" install -q "$TORCH_SPEC"
+  "$WORK/venv/bin/pip" install -q "$WHEEL"
+fi
 BIN=$WORK/venv/bin
 cd "$WORK"   # away from the source tree: only the installed package can be imported
 
@@ -76,6 +85,19 @@ sizes = {name: len(load_dataset(name, split="all")) for name in dataset_names()}
 assert all(sizes.values()), sizes
 print(f"  ok: py.typed; NOTICE.md; licenses {licenses}")
 print(f"  ok: every dataset loads: {sizes}")
+EOF
+
+step "built-in artifacts: every one in the source tree is in the wheel, loadable by name"
+"$BIN/python" - "$REPO" <<'EOF'
+import pathlib, sys
+from certa.models import builtin_model_names
+from certa.models.bundled import REQUIRED, ROOT
+source = sorted(p.parent.name for p in pathlib.Path(sys.argv[1], "src/certa/artifacts").glob("*/certa.json"))
+for name in source:
+    missing = [f for f in REQUIRED if not (ROOT / name / f).is_file()]
+    assert not missing, f"{name}: {missing} not in the wheel"
+    assert name in builtin_model_names(), name
+print(f"  ok: {source or 'none built yet (make artifacts)'}")
 EOF
 
 step "tiny end-to-end run on the tiny random-weight model (generate → grade → score → evaluate)"

@@ -16,22 +16,33 @@ from certa.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _hook():
-    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "docs" / "hooks" / "cli_reference.py")
+def _hook(name: str = "cli_reference"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "docs" / "hooks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _commands(group, prefix="certa"):
+    """(``certa train grace``, command) for every command, subcommands of groups included."""
+    for name, command in group.commands.items():
+        yield f"{prefix} {name}", command
+        if hasattr(command, "commands"):
+            yield from _commands(command, f"{prefix} {name}")
+
+
 def test_cli_reference_documents_every_command_and_option():
     text = _hook().cli_reference()
-    group = typer.main.get_command(app)
-    for name, command in group.commands.items():
-        assert f"\n## certa {name}\n" in text
+    found = list(_commands(typer.main.get_command(app)))
+    assert {"certa train grace", "certa train conftuner", "certa serve", "certa run"} <= {path for path, _ in found}
+    for path, command in found:
+        section = text.split(f"\n## {path}\n", 1)[1].split("\n## ", 1)[0]   # this command's own section
         for param in command.params:
             shown = param.name.upper() if type(param).__name__.endswith("Argument") else param.opts[0]
-            assert f"`{shown}`" in text, f"certa {name}: {shown} is not in the CLI reference"
-    assert "`--version`" in text
+            assert f"`{shown}`" in section, f"{path}: {shown} is not in its section of the CLI reference"
+    grace = text.split("\n## certa train grace\n", 1)[1]
+    assert "| `--token-lr` |" in grace and "| `--calibration-loss` |" in grace   # generated from GraceConfig
+    assert "`--version`" in text and "`--allow-pickle`" in text and "`--trust-remote-code`" in text
     assert "| `--in`, `-i` | graded records JSONL (or answers + --dataset) | required |" in text
 
 
@@ -39,6 +50,24 @@ def test_the_marker_is_replaced_only_on_the_page_that_has_it():
     hook = _hook()
     assert hook.on_page_markdown("# other page", page=None) == "# other page"
     assert "## certa score" in hook.on_page_markdown(f"# CLI\n\n{hook.MARKER}\n", page=None)
+
+
+def test_every_method_has_a_page_in_the_same_shape_and_in_the_navigation():
+    from certa.methods.base import method_names
+
+    hook = _hook("method_pages")
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    for name in method_names():
+        page = ROOT / "docs" / "methods" / f"{name}.md"
+        assert page.is_file(), f"docs/methods/{name}.md is missing"
+        text = page.read_text(encoding="utf-8")
+        assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == list(hook.SECTIONS), name
+        assert f"<!-- certa-method-cost {name} -->" in text and f"<!-- certa-method-knobs {name} -->" in text
+        assert f"<!-- RESULTS:{name} " in text, f"{name}: no marked line for its measured numbers"
+        assert f": methods/{name}.md\n" in nav, f"{name} is not in mkdocs.yml's nav"
+    rendered = hook.on_page_markdown("<!-- certa-method-knobs grace -->\n<!-- certa-method-cost p_true -->", page=None)
+    assert "| `token_lr` (`--token-lr`) |" in rendered and "&lt;CNF&gt;" in rendered   # no raw <CNF> tag
+    assert 'certa.get_method("p_true", model=lm)' in rendered
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -50,5 +79,12 @@ def test_mkdocs_build_strict(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cli_page = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "certa score" in cli_page and "--method" in cli_page
-    api_page = (tmp_path / "site" / "api" / "records" / "index.html").read_text(encoding="utf-8")
-    assert "read_jsonl" in api_page  # docstrings rendered by mkdocstrings
+    assert "certa train grace" in cli_page and "--token-lr" in cli_page
+    api = {name: (tmp_path / "site" / "api" / name / "index.html").read_text(encoding="utf-8")
+           for name in ("records", "models", "methods", "evaluation", "study", "uses")}
+    assert "read_jsonl" in api["records"]  # docstrings rendered by mkdocstrings
+    assert "add_evaluation_to_card" in api["models"] and "load_model" in api["models"]
+    assert "get_method" in api["methods"] and "EvaluationResult" in api["evaluation"]
+    assert "RunConfig" in api["study"] and "self_correct" in api["uses"]
+    grace = (tmp_path / "site" / "methods" / "grace" / "index.html").read_text(encoding="utf-8")
+    assert "certa-method-" not in grace and "token_lr" in grace   # the markers were filled

@@ -20,7 +20,11 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
 
 
 def cli_reference(name: str = "certa") -> str:
-    """The whole reference as Markdown: global options, then every command in the app's order."""
+    """The whole reference as Markdown: global options, then every command in the app's order.
+
+    A command group (``certa train``) gets its own section listing its subcommands, then one section
+    per subcommand (``certa train grace``, with the options generated from the method's config).
+    """
     import typer.main
 
     from certa.cli import app
@@ -28,18 +32,37 @@ def cli_reference(name: str = "certa") -> str:
     group = typer.main.get_command(app)
     root = group.make_context(name, [], resilient_parsing=True)
     lines = ["## Global options", "", f"`{name} [OPTIONS] COMMAND [ARGS]...`", "", *_table(group.params), ""]
-    lines += ["| command | what it does |", "|---|---|"]
-    lines += [f"| [`{cmd}`](#{name}-{cmd}) | {_cell(group.commands[cmd].get_short_help_str(limit=200))} |"
-              for cmd in group.commands]
+    lines += _command_list(group, name)
     for cmd_name, command in group.commands.items():
-        ctx = command.make_context(cmd_name, [], parent=root, resilient_parsing=True)
-        usage = command.get_usage(ctx).removeprefix("Usage: ")
-        lines += ["", f"## {name} {cmd_name}", "", (command.help or "").strip(), "", f"`{usage}`", ""]
-        lines += _table(command.params)
+        lines += _section(command, f"{name} {cmd_name}", root)
     return "\n".join(lines) + "\n"
 
 
+def _command_list(group: Any, prefix: str) -> list[str]:
+    rows = ["| command | what it does |", "|---|---|"]
+    for cmd in group.commands:
+        anchor = f"{prefix} {cmd}".replace(" ", "-")
+        rows.append(f"| [`{cmd}`](#{anchor}) | {_cell(group.commands[cmd].get_short_help_str(limit=200))} |")
+    return rows
+
+
+def _section(command: Any, path: str, parent: Any) -> list[str]:
+    """``## certa CMD``: help, usage, options; for a group, its subcommands and then a section for each."""
+    ctx = command.make_context(path.rsplit(" ", 1)[-1], [], parent=parent, resilient_parsing=True)
+    usage = command.get_usage(ctx).removeprefix("Usage: ")
+    lines = ["", f"## {path}", "", (command.help or "").strip(), "", f"`{usage}`", ""]
+    lines += _table(command.params)
+    subcommands = getattr(command, "commands", None)
+    if subcommands:
+        lines += ["", *_command_list(command, path)]
+        for sub_name, sub in subcommands.items():
+            lines += _section(sub, f"{path} {sub_name}", ctx)
+    return lines
+
+
 def _table(params: list[Any]) -> list[str]:
+    if not any(getattr(p, "opts", None) and p.name != "help" for p in params):
+        return []
     rows = ["| argument / option | meaning | default |", "|---|---|---|"]
     for param in params:
         if not getattr(param, "opts", None) or param.name == "help":
@@ -63,4 +86,5 @@ def _default(param: Any) -> str:
 
 
 def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
+    # Escaped, so a help text naming a token such as <CNF> is shown rather than read as an HTML tag.
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Annotated
 
@@ -24,7 +25,8 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True)
 state = {"debug": False}
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', an HF id or path, a .gguf file, or a certa artifact.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'default', a built-in artifact such as 'default-grace' "
+                                      "(see `certa models`), an HF id or path, a .gguf file, or a certa artifact.")]
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="bundled name (see `certa datasets`), a JSONL path, or hf:owner/name.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="train, calibration, test or all (deterministic by id hash).")]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="use at most this many questions (a stable subset).")]
@@ -42,8 +44,18 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show progress logs")] = False,
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
                                           help="print certa's version and exit")] = False,
+    allow_pickle: Annotated[bool, typer.Option(
+        "--allow-pickle", help="also load model weights stored as a Python pickle (pytorch_model.bin), which "
+                               "can run code when read; default: safetensors only")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        "--trust-remote-code", help="run the Python code a model repository ships (auto_map); default: never")] = False,
 ) -> None:
     state["debug"] = debug
+    # Every command (and the study, the server) loads models through certa.models, which reads these.
+    if allow_pickle:
+        os.environ["CERTA_ALLOW_PICKLE"] = "1"
+    if trust_remote_code:
+        os.environ["CERTA_TRUST_REMOTE_CODE"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 

@@ -30,6 +30,7 @@ from ..errors import InputError, ModelLoadError
 from ..textfiles import read_json_object
 from ..versions import package_versions
 from .adapters import is_peft_model
+from .card import write_model_card
 from .loaded import LoadedModel
 from .sources import load_base_model
 from .vocab import resize_embeddings
@@ -84,6 +85,7 @@ def save_artifact(lm: LoadedModel, method: str, method_info: dict[str, Any], con
     }
     text = json.dumps(info, indent=2, default=str) + "\n"
     (out / ARTIFACT_FILE).write_text(text, encoding="utf-8")
+    write_model_card(out, json.loads(text))  # replaces the blank card PEFT's save_pretrained writes
     return out
 
 
@@ -112,10 +114,15 @@ def base_model_spec(info: dict[str, Any]) -> str:
 
 
 def load_artifact(path: str | os.PathLike[str], device: str | torch.device | None = None,
-                  dtype: torch.dtype | str | None = None) -> LoadedModel:
-    """Load a trained artifact: its base model with the artifact attached as an adapter, ready to score."""
+                  dtype: torch.dtype | str | None = None, *, allow_pickle: bool | None = None,
+                  trust_remote_code: bool | None = None) -> LoadedModel:
+    """Load a trained artifact: its base model with the artifact attached as an adapter, ready to score.
+
+    The adapter loads from safetensors only; ``allow_pickle`` and ``trust_remote_code`` apply to the base model.
+    """
     info = read_artifact_info(path)
-    base = load_base_model(base_model_spec(info), device=device, dtype=dtype)
+    base = load_base_model(base_model_spec(info), device=device, dtype=dtype, allow_pickle=allow_pickle,
+                           trust_remote_code=trust_remote_code)
     return attach_artifacts(base, {info["method"]: path})[info["method"]]
 
 
@@ -175,19 +182,32 @@ def _check_weights(path: Path) -> None:
         raise ModelLoadError(f"{path}: expected {_WEIGHTS} ({detail}); certa loads adapters from safetensors only")
 
 
-def _add_artifact_tokens(base: LoadedModel, path: Path) -> None:
-    """Extend the shared tokenizer (and embeddings) with the tokens the artifact's tokenizer added."""
+def _artifact_vocab(path: Path) -> dict[int, str]:
+    """Token id -> token of the artifact's tokenizer; for a slim artifact (no tokenizer files, as bundled
+    artifacts ship) only the tokens it added, from ``added_tokens`` in ``certa.json``."""
+    added = read_artifact_info(path).get("added_tokens")
+    if added is not None and not (path / "tokenizer.json").is_file():
+        return {int(token_id): str(token) for token_id, token in added}
     from transformers import AutoTokenizer
 
-    theirs = AutoTokenizer.from_pretrained(path)
+    theirs = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    return {i: theirs.convert_ids_to_tokens(i) for i in range(len(theirs))}
+
+
+def _add_artifact_tokens(base: LoadedModel, path: Path) -> None:
+    """Extend the shared tokenizer (and embeddings) with the tokens the artifact's tokenizer added."""
+    theirs = _artifact_vocab(path)
     ours = base.tokenizer
-    for token_id in range(len(ours), len(theirs)):
-        token = theirs.convert_ids_to_tokens(token_id)
-        ours.add_tokens([token], special_tokens=True)
-    for token_id in range(min(len(ours), len(theirs))):
-        if ours.convert_ids_to_tokens(token_id) != theirs.convert_ids_to_tokens(token_id):
+    size = max(theirs, default=-1) + 1
+    for token_id in range(len(ours), size):
+        if token_id not in theirs:
+            raise InputError(f"{path}: lists added tokens from id {min(theirs)}, but the base model has "
+                             f"{len(ours)} tokens; was it trained on another base model?")
+        ours.add_tokens([theirs[token_id]], special_tokens=True)
+    for token_id in sorted(t for t in theirs if t < len(ours)):
+        if ours.convert_ids_to_tokens(token_id) != theirs[token_id]:
             raise InputError(f"{path}: its tokenizer differs from the base model's at id {token_id} "
-                             f"({theirs.convert_ids_to_tokens(token_id)!r} vs {ours.convert_ids_to_tokens(token_id)!r}); "
+                             f"({theirs[token_id]!r} vs {ours.convert_ids_to_tokens(token_id)!r}); "
                              "was it trained on another base model?")
     if is_peft_model(base.model):
         embeddings = base.model.get_base_model().get_input_embeddings().weight.shape[0]

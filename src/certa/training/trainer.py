@@ -175,7 +175,7 @@ def _make_accelerator(lm: LoadedModel, config: TrainConfig) -> Accelerator:
         from accelerate import Accelerator
         from accelerate.utils import DataLoaderConfiguration
     except ImportError as exc:  # pragma: no cover - accelerate is a core dependency
-        raise MissingDependencyError("training needs accelerate: pip install 'accelerate>=1.0'") from exc
+        raise MissingDependencyError("training needs accelerate: pip install 'accelerate>=1.15'") from exc
     on_cpu = lm.device.type == "cpu"
     bf16 = not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return Accelerator(
