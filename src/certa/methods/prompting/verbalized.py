@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from ...errors import CertaError, InputError
 from ...models import end_token_ids, render_chat
+from ...models.remote import RemoteModel
 from ...records import Record
 from ..answer_cache import answer_ids, encode_answers, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
@@ -307,9 +308,18 @@ class Verbalized(ModelReadoutMethod):
 
     needs = Needs.MODEL
     cost = "a short suffix step over the answer's KV cache (the follow-up request, ~40 tokens)"
+    unreadable: int | None = None
+
+    def diagnostics(self) -> dict:
+        return {} if self.unreadable is None else {"unreadable": self.unreadable}
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL
+        if isinstance(self.model, RemoteModel):  # a model behind a server: parse the confidence it writes
+            from .remote import remote_verbalized
+
+            scores, self.unreadable = remote_verbalized(self.model, records)
+            return scores
         tokens = confidence_tokens(self.model.tokenizer)
         probs = level_probabilities(self.model, records, tokens, adapter_enabled=False,
                                     batch_size=self.batch_size, progress=self.progress)
