@@ -74,11 +74,12 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
 
     accelerator = _make_accelerator(lm, config)
     optimizer = build_optimizer(lm.model, config)
-    # Under DDP each process sees 1/N of the batches: steps are counted on the prepared (sharded) loader.
-    loader = accelerator.prepare(_make_loader(objective, lm, items, config))
-    total_steps = _total_steps(len(loader), config)
+    loader = _make_loader(objective, lm, items, config)
+    # Under DDP each process gets 1/N of the batches (accelerate evens them out): steps are counted on that
+    # share. All four are prepared in one call: DeepSpeed reads the batch size off the loader.
+    total_steps = _total_steps(math.ceil(len(loader) / accelerator.num_processes), config)
     scheduler = _make_scheduler(optimizer, total_steps * accelerator.num_processes)
-    lm.model, optimizer, scheduler = accelerator.prepare(lm.model, optimizer, scheduler)
+    lm.model, optimizer, loader, scheduler = accelerator.prepare(lm.model, optimizer, loader, scheduler)
     _register_adapter_hooks(accelerator)
 
     stopping = EarlyStopping(config.patience) if validation else None

@@ -28,7 +28,7 @@ readable ones (verbalized): a method must return a number for every answer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -91,11 +91,10 @@ def remote_p_true(remote: RemoteModel, records: Sequence[Record], *, concurrency
     return _fill(values, 0.5, "p_true", remote)
 
 
-def remote_verbalized(remote: RemoteModel, records: Sequence[Record], *,
+def remote_verbalized(remote: RemoteModel, records: Sequence[Record], parse: Callable[..., float | None], *,
                       concurrency: int = 8) -> tuple[np.ndarray, int]:
-    """The confidence the served model states after its answer, parsed from its reply; (scores, unreadable)."""
-    from .verbalized import parse_confidence
-
+    """The confidence the served model states after its answer, read by ``parse`` (``verbalized.parse_confidence``)
+    from its reply; (scores, unreadable)."""
     instruction = (f"How likely is your answer to be correct? Reply with 'Confidence: ' and a whole number from 0 to "
                    f"{VERBAL_SCALE} ({VERBAL_SCALE} = surely correct, 0 = surely wrong).")
     with RemoteClient(remote, what="verbalized-confidence server") as client:
@@ -105,7 +104,7 @@ def remote_verbalized(remote: RemoteModel, records: Sequence[Record], *,
                         {"role": "assistant", "content": record.response},
                         {"role": "user", "content": instruction}]
             choices = client.chat(messages, max_tokens=12, temperature=0.0)
-            return parse_confidence(choices[0].text, scale=VERBAL_SCALE) if choices else None
+            return parse(choices[0].text, scale=VERBAL_SCALE) if choices else None
 
         values = map_concurrently(ask, list(records), concurrency)
     readable = [v for v in values if v is not None]

@@ -40,6 +40,7 @@ from ...records import Record
 from ..answer_cache import answer_ids, encode_answers, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_log_softmax
+from .remote import remote_verbalized
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -316,9 +317,7 @@ class Verbalized(ModelReadoutMethod):
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL
         if isinstance(self.model, RemoteModel):  # a model behind a server: parse the confidence it writes
-            from .remote import remote_verbalized
-
-            scores, self.unreadable = remote_verbalized(self.model, records)
+            scores, self.unreadable = remote_verbalized(self.model, records, parse_confidence)
             return scores
         tokens = confidence_tokens(self.model.tokenizer)
         probs = level_probabilities(self.model, records, tokens, adapter_enabled=False,
