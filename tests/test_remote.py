@@ -305,3 +305,31 @@ def test_specs_and_the_entropy_bound():
     assert top_k_entropy({}) is None
     assert top_k_entropy({"a": 0.0}) == pytest.approx(0.0)
     assert top_k_entropy({"a": math.log(0.5), "b": math.log(0.5)}) == pytest.approx(math.log(2))
+
+
+def test_each_answer_is_handed_on_as_soon_as_it_arrives(scripted):
+    """A slow question does not hold back the finished ones: they reach the file (and survive a kill) first."""
+    release = threading.Event()
+    safety = threading.Timer(30, release.set)  # never leave the server hanging if the assertion below fails
+    safety.start()
+
+    def reply(body):
+        if "What is 1 + 1?" in body["messages"][-1]["content"]:
+            release.wait()
+        return 200, {}, completion(), 0
+
+    server = scripted(reply)
+    try:
+        from certa.models.remote import RemoteClient
+        from certa.remote_generation import _Asker, _run_all
+
+        asker = _Asker(RemoteClient(parse_remote_spec(f"openai:{server.url}#m"), retry=FAST), 4, 0, 1.0, 0, None, 0,
+                       None)
+        stream = _run_all(asker, QUESTIONS[:3], concurrency=3, progress=False, total=3)
+        first = next(stream)
+        assert not release.is_set() and first.id in {"q0", "q2"}  # arrived while q1 was still being answered
+        release.set()
+        assert sorted([first.id] + [g.id for g in stream]) == ["q0", "q1", "q2"]
+    finally:
+        release.set()
+        safety.cancel()

@@ -34,7 +34,7 @@ import os
 import time
 import zlib
 from collections.abc import Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from .errors import CertaError, InputError
@@ -151,7 +151,8 @@ def _run_all(asker: _Asker, todo: list[Example], concurrency: int, progress: boo
     try:
         pending: set[Future[Generation]] = {pool.submit(asker.ask, ex) for ex in todo}
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # Each answer is handed on as soon as it arrives (the caller appends it: a kill loses nothing).
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             failed = [f for f in finished if f.exception() is not None]
             for future in finished:
                 if future.exception() is None:

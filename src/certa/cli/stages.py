@@ -191,7 +191,8 @@ def score(
     needs_model = any(Needs.MODEL in s.needs for s in specs)
     if needs_model and is_remote_spec(model):
         _check_remote_methods(specs, model)
-        models, default = {}, parse_remote_spec(model)
+        # Only the methods that ask the server get it; the rest read the records alone.
+        models, default = dict.fromkeys(REMOTE_READOUTS, parse_remote_spec(model)), None
     else:
         lm = load_model(model, device=model_device(procs)) if needs_model else None
         models = {lm.method: lm} if lm is not None and lm.method else {}
