@@ -11,9 +11,10 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from ..errors import CertaError
-from . import catalog, monitor, serve, stages, study, uses  # noqa: F401  (each module registers its commands)
+from . import catalog, export, monitor, serve, stages, study, uses  # noqa: F401  (each module registers its commands)
 from .app import app, err_console, state
 
 __all__ = ["app", "main"]
@@ -27,7 +28,8 @@ def main() -> None:
     except CertaError as exc:
         if state["debug"]:
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: messages name extras such as 'certa[vllm]', which rich would take for markup and drop.
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted; finished work is saved and a re-run resumes it")

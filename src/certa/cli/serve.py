@@ -39,11 +39,26 @@ def serve(
     db: Annotated[Path | None, typer.Option(help="SQLite file recording every served answer and the labels sent to /v1/feedback")] = None,
     recalibrate: Annotated[str | None, typer.Option(help="refit a calibration map on the stored labels: every=N[,min=M][,kind=isotonic|platt][,max=K] (needs --db)")] = None,
     store_text: Annotated[bool, typer.Option(help="keep question and answer text in --db (off: ids and confidences only)")] = True,
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (needs the 'vllm' extra and a GPU)")] = "hf",
 ) -> None:
     """Serve an OpenAI-compatible API whose every choice carries a confidence."""
+    if engine != "hf":
+        _vllm_serving(engine)
     settings = ServerSettings(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue)
     run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
                abstain_target_error=abstain_target_error, calibration=str(calibration) if calibration else None,
                calibration_column=calibration_column, abstain_delta=abstain_delta,
                abstain_threshold=abstain_threshold, refusal=refusal, db=str(db) if db else None,
                recalibrate=recalibrate, store_text=store_text)
+
+
+def _vllm_serving(engine: str) -> None:
+    """``--engine vllm``: the option is accepted and checked; the server's vLLM backend is not built yet."""
+    from ..errors import CertaError, InputError
+    from ..vllm_engine import require_vllm
+
+    if engine != "vllm":
+        raise InputError(f"--engine must be 'hf' or 'vllm', got {engine!r}")
+    require_vllm()
+    raise CertaError("certa serve --engine vllm is not available yet: generate with `certa generate --engine vllm "
+                     "-m OUT` on a model exported by `certa export ARTIFACT OUT --format merged`")

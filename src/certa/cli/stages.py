@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,12 +14,13 @@ from ..data import load_dataset, read_graded
 from ..errors import InputError
 from ..evaluation import evaluate as run_evaluate
 from ..generation import DEFAULTS, GenerationSettings
-from ..generation import generate as generate_answers
 from ..methods.base import MethodSpec, Needs, method_names
 from ..methods.runner import score_methods
 from ..models import load_model
-from ..records import Generation, read_jsonl, write_jsonl
-from ..scores import read_scores, write_scores
+from ..models.remote import is_remote_spec, parse_remote_spec
+from ..parallel import Processes, generate_parallel, model_device, processes, score_parallel
+from ..records import Generation, Record, read_jsonl, write_jsonl
+from ..scores import read_scores
 from ..study.config import load_yaml_mapping
 from ..study.stages import load_records, training_answers
 from .app import DatasetOpt, LimitOpt, ModelOpt, SplitOpt, app, console
@@ -28,6 +30,9 @@ from .study import print_summary
 
 def _help(field: str) -> str:
     return GenerationSettings.model_fields[field].description or field
+
+
+EngineOpt = Annotated[str, typer.Option(help="hf (transformers) or vllm (needs the 'vllm' extra and a GPU)")]
 
 
 @app.command()
@@ -44,13 +49,45 @@ def generate(
     hidden_states: Annotated[bool, typer.Option(help="store the last hidden state (probe, GrACE targets)")] = True,
     token_stats: Annotated[bool, typer.Option(help="store per-token Rényi / Fisher-Rao statistics")] = False,
     seed: int = 0,
+    engine: EngineOpt = "hf",
+    vocab_size: Annotated[int | None, typer.Option(help="-m openai:...: the served model's vocabulary size "
+                                                   "(token_entropy normalises by it)")] = None,
+    concurrency: Annotated[int, typer.Option(help="-m openai:...: requests in flight at once")] = 8,
 ) -> None:
-    """Answer a dataset's questions (batched), keeping log-probs, hidden states and samples."""
+    """Answer a dataset's questions (batched), keeping log-probs, hidden states and samples.
+
+    -m openai:BASE_URL[#model] asks any OpenAI-compatible server (API key from OPENAI_API_KEY);
+    `accelerate launch --num_processes N -m certa.cli generate ...` splits the questions across N processes.
+    """
     examples = load_dataset(dataset, split=split, limit=limit, seed=seed)
-    gens = generate_answers(load_model(model), examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                            samples=samples, temperature=temperature, hidden_states=hidden_states,
-                            token_stats=token_stats, seed=seed, out=out)
-    console.print(f"wrote {len(gens)} generations to {out}")
+    procs = processes()
+    if is_remote_spec(model):
+        from ..remote_generation import generate_remote
+
+        gens = generate_parallel(parse_remote_spec(model), examples, out, procs=procs, generate_fn=generate_remote,
+                                 max_new_tokens=max_new_tokens, samples=samples, temperature=temperature, seed=seed,
+                                 vocab_size=vocab_size, concurrency=concurrency)
+    elif engine == "vllm":
+        if procs.distributed:
+            raise InputError("--engine vllm runs in one process (vLLM spreads a model over GPUs itself: "
+                             "tensor parallelism); start it without accelerate launch")
+        from ..vllm_engine import generate_vllm
+
+        gens = generate_vllm(model, examples, max_new_tokens=max_new_tokens, samples=samples,
+                             temperature=temperature, seed=seed, out=out)
+    else:
+        _check_engine(engine)
+        lm = load_model(model, device=model_device(procs))
+        gens = generate_parallel(lm, examples, out, procs=procs, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size, samples=samples, temperature=temperature,
+                                 hidden_states=hidden_states, token_stats=token_stats, seed=seed)
+    if procs.is_main:
+        console.print(f"wrote {len(gens)} generations to {out}")
+
+
+def _check_engine(engine: str) -> None:
+    if engine not in ("hf", "vllm"):
+        raise InputError(f"--engine must be 'hf' or 'vllm', got {engine!r}")
 
 
 @app.command()
@@ -83,16 +120,19 @@ def _train_command(method: str) -> None:
         config.update(given_values(config_class, options))
         where = f"{options['config']}" if options["config"] else "options"
         train_config = cls.resolve_config(config, where=where)  # type: ignore[attr-defined]
-        lm = load_model(options["model"])
+        procs = processes()
+        lm = load_model(options["model"], device=model_device(procs))
         out = Path(options["out"])
         if options["records"] is not None:
             records = load_records(options["records"])
         else:
             needs_hidden = Needs.HIDDEN_STATES in cls.fit_needs
-            records = training_answers(lm, options["dataset"], out, limit=options["limit"], hidden_states=needs_hidden)
+            records = _training_answers(lm, options["dataset"], out, options["limit"], needs_hidden, procs)
+        # Under accelerate launch every process trains on all records; the trainer's DDP splits the batches.
         path = cls.train(lm, records, train_config, out, resume=options["resume"], in_place=True)  # type: ignore[attr-defined]
-        console.print(f"trained {method} on {len(records)} answers → {path} "
-                      f"(load with certa.load_model({str(path)!r}))")
+        if procs.is_main:
+            console.print(f"trained {method} on {len(records)} answers → {path} "
+                          f"(load with certa.load_model({str(path)!r}))")
 
     common = [
         inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[
@@ -111,6 +151,21 @@ def _train_command(method: str) -> None:
     command.__signature__ = inspect.Signature(common + [p for p in field_options(config_class) if p.name not in taken])
     command.__doc__ = f"Train {method}: {cls.describe()} ({cls.paper})."  # type: ignore[attr-defined]
     train_app.command(method)(command)
+
+
+def _training_answers(lm: Any, dataset: str, out: Path, limit: int | None, hidden_states: bool,
+                      procs: Processes) -> list[Record]:
+    """The base model's graded train-split answers; under accelerate launch each process answers its share."""
+    if not procs.distributed:
+        return training_answers(lm, dataset, out, limit=limit, hidden_states=hidden_states)
+    examples = load_dataset(dataset, split="train", limit=limit, seed=0)
+    gens = generate_parallel(lm, examples, out / "train.generations.jsonl", procs=procs,
+                             hidden_states=hidden_states, seed=0)
+    records = grade_answers(gens, examples)
+    if procs.is_main:
+        write_jsonl(out / "train.records.jsonl", records)
+    procs.barrier()
+    return records
 
 
 for _name in method_names():
@@ -132,12 +187,36 @@ def score(
     specs = [MethodSpec.parse(m) for m in methods]
     records = read_graded(inp, dataset)
     fit_records = load_records(fit) if fit else ()
-    lm = load_model(model) if any(Needs.MODEL in s.needs for s in specs) else None
-    models = {lm.method: lm} if lm is not None and lm.method else {}
-    default = lm.view(None) if lm is not None and lm.adapter else lm
-    scored = score_methods(methods, records, fit_records=fit_records, models=models, default_model=default)
-    write_scores(out, records, {m: s.scores for m, s in scored.items()})
-    console.print(f"scored {len(records)} answers with {', '.join(methods)} → {out}")
+    procs = processes()
+    needs_model = any(Needs.MODEL in s.needs for s in specs)
+    if needs_model and is_remote_spec(model):
+        _check_remote_methods(specs, model)
+        # Only the methods that ask the server get it; the rest read the records alone.
+        models, default = dict.fromkeys(REMOTE_READOUTS, parse_remote_spec(model)), None
+    else:
+        lm = load_model(model, device=model_device(procs)) if needs_model else None
+        models = {lm.method: lm} if lm is not None and lm.method else {}
+        default = lm.view(None) if lm is not None and lm.adapter else lm
+
+    def score_shard(shard: Sequence[Record]) -> dict[str, Any]:
+        scored = score_methods(methods, shard, fit_records=fit_records, models=models, default_model=default)
+        return {m: s.scores for m, s in scored.items()}
+
+    # Under accelerate launch each process scores its share of the answers; the main process merges them.
+    score_parallel(score_shard, records, out, methods, procs=procs)
+    if procs.is_main:
+        console.print(f"scored {len(records)} answers with {', '.join(methods)} → {out}")
+
+
+#: Methods that read a model and also work with one behind a server (they ask it over the chat API).
+REMOTE_READOUTS = frozenset({"p_true", "verbalized"})
+
+
+def _check_remote_methods(specs: Sequence[MethodSpec], model: str) -> None:
+    for spec in specs:
+        if Needs.MODEL in spec.needs and spec.base not in REMOTE_READOUTS:
+            raise InputError(f"method {spec.name!r} needs the model's weights, which a server ({model}) does not "
+                             f"expose; with -m openai:... the model-reading methods are {', '.join(sorted(REMOTE_READOUTS))}")
 
 
 @app.command()

@@ -43,8 +43,17 @@ _WEIGHTS = "adapter_model.safetensors"
 
 
 def is_artifact(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a directory holding a ``certa.json``."""
-    return (Path(path) / ARTIFACT_FILE).is_file()
+    """True when ``path`` is a directory holding a trained artifact's ``certa.json`` (not an exported model's)."""
+    return (Path(path) / ARTIFACT_FILE).is_file() and not is_export(path)
+
+
+def is_export(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a standard HF model exported by ``certa export`` (its ``certa.json`` has ``export``):
+    it loads as a base model, and the ``certa.json`` says how its confidence is read."""
+    try:
+        return "export" in json.loads((Path(path) / ARTIFACT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def artifact_id(path: str | os.PathLike[str]) -> str:

@@ -75,7 +75,9 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
     accelerator = _make_accelerator(lm, config)
     optimizer = build_optimizer(lm.model, config)
     loader = _make_loader(objective, lm, items, config)
-    total_steps = _total_steps(len(loader), config)
+    # Under DDP each process gets 1/N of the batches (accelerate evens them out): steps are counted on that
+    # share. All four are prepared in one call: DeepSpeed reads the batch size off the loader.
+    total_steps = _total_steps(math.ceil(len(loader) / accelerator.num_processes), config)
     scheduler = _make_scheduler(optimizer, total_steps * accelerator.num_processes)
     lm.model, optimizer, loader, scheduler = accelerator.prepare(lm.model, optimizer, loader, scheduler)
     _register_adapter_hooks(accelerator)
@@ -209,9 +211,11 @@ def _register_adapter_hooks(accelerator: Accelerator) -> None:
     """Checkpoint only the adapter (a few MB), not the whole base model, in ``save_state``."""
 
     def save_hook(models: list, weights: list, output_dir: str) -> None:
-        for model in models:
-            accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / _ADAPTER_SUBDIR,
-                                                            save_embedding_layers=False)
+        # Every process runs the hook; under DDP the replicas are identical, so the main one writes.
+        if accelerator.is_main_process:
+            for model in models:
+                accelerator.unwrap_model(model).save_pretrained(Path(output_dir) / _ADAPTER_SUBDIR,
+                                                                save_embedding_layers=False)
         weights.clear()  # stops accelerate from also writing the full model
 
     def load_hook(models: list, input_dir: str) -> None:
@@ -270,6 +274,8 @@ class _Loop:
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
+                # The logged loss is the mean over processes: under DDP, the loss of the global batch.
+                loss = accelerator.reduce(loss.detach(), reduction="mean")
                 now = time.perf_counter()
                 scalars = {**scalars, "seconds": now - last}
                 if self.stopping is not None and (step % self.eval_every == 0 or step == total_steps):

@@ -36,6 +36,13 @@ class SequenceLikelihood(ConfidenceMethod):
 def per_token(record: Record, field: str) -> np.ndarray:
     """A per-token list of the record (``token_logprobs``, ``token_entropies``) or a CertaError naming it."""
     values = getattr(record, field)
+    remote = record.meta.get("remote") if isinstance(record.meta, dict) else None
+    if not values and isinstance(remote, dict):
+        what = ("top_logprobs (the entropies are computed from them)" if field == "token_entropies"
+                else "token log-probs")
+        raise CertaError(f"record {record.id!r} came from the server at {remote.get('base_url')}, which returned no "
+                         f"{what}; methods that read {field} cannot score it (consistency, verbalized, p_true, "
+                         "apricot and ConfTuner need none of them)")
     if not values:
         raise CertaError(
             f"record {record.id!r} has no {field}; produce it with certa.generate "

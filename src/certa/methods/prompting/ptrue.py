@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...errors import CertaError
+from ...models.remote import RemoteModel
 from ...prompts import question_prompt
 from ...records import Example, Record
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_next_token_probs
+from .remote import remote_p_true
 
 if TYPE_CHECKING:
     from ...models import LoadedModel
@@ -42,9 +44,16 @@ class PTrue(ModelReadoutMethod):
 
     needs = Needs.MODEL
     cost = "1 forward pass over a prompt holding question+answer"
+    unreadable: int | None = None
+
+    def diagnostics(self) -> dict:
+        return {} if self.unreadable is None else {"unreadable": self.unreadable}
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL
+        if isinstance(self.model, RemoteModel):  # a model behind a server: read from its top_logprobs
+            scores, self.unreadable = remote_p_true(self.model, records)
+            return scores
         lm = self.model
         texts = [p_true_prompt(lm, r.example(), r.response) for r in records]
         # Every prompt ends in the same "(": checking one shows how the letters tokenize after it.

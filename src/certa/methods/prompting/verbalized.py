@@ -35,10 +35,12 @@ from tqdm.auto import tqdm
 
 from ...errors import CertaError, InputError
 from ...models import end_token_ids, render_chat
+from ...models.remote import RemoteModel
 from ...records import Record
 from ..answer_cache import answer_ids, encode_answers, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_log_softmax
+from .remote import remote_verbalized
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -320,9 +322,16 @@ class Verbalized(ModelReadoutMethod):
 
     needs = Needs.MODEL
     cost = "a short suffix step over the answer's KV cache (the follow-up request, ~40 tokens)"
+    unreadable: int | None = None
+
+    def diagnostics(self) -> dict:
+        return {} if self.unreadable is None else {"unreadable": self.unreadable}
 
     def score(self, records: Sequence[Record]) -> np.ndarray:
         assert self.model is not None  # guaranteed by Needs.MODEL
+        if isinstance(self.model, RemoteModel):  # a model behind a server: parse the confidence it writes
+            scores, self.unreadable = remote_verbalized(self.model, records, parse_confidence)
+            return scores
         tokens = confidence_tokens(self.model.tokenizer)
         probs = level_probabilities(self.model, records, tokens, adapter_enabled=False,
                                     batch_size=self.batch_size, progress=self.progress)
