@@ -9,6 +9,8 @@ positions and cache surgery go wrong.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -112,11 +114,21 @@ def test_rows_join_a_running_batch_shorter_and_longer(lm, prompts, references):
 
 
 def schedule(lengths: list[int], max_rows: int) -> list[int]:
-    """Rows in flight after each step when every finished row's slot goes to the next queued prompt."""
-    queue, running, trace = list(lengths), [], []
-    while queue or running:
-        while queue and len(running) < max_rows:
-            running.append(queue.pop(0))
+    """Rows in flight after each step when a finished row's slot goes to the next prompt at the next step.
+
+    When the prefilled rows cannot fill the free slots, up to ``max_rows`` queued prompts are prefilled
+    together (their first token comes from the prefill); prefilled rows join as slots free up, and
+    every row in flight then gets one token.
+    """
+    queue, pool, running, trace = list(lengths), [], [], []
+    while queue or pool or running:
+        free = max_rows - len(running)
+        if free > len(pool) and queue:
+            count = max(max_rows, free - len(pool))
+            pool += [n - 1 for n in queue[:count] if n > 1]
+            queue = queue[count:]
+        running += pool[:free]
+        pool = pool[free:]
         running = [n - 1 for n in running if n > 1]
         trace.append(len(running))
     return trace
@@ -241,6 +253,7 @@ def test_identical_prompts_are_encoded_once_and_decode_alike(lm, prompts, refere
     seen: list[int] = []
     forward = lm.model.forward
 
+    @functools.wraps(forward)
     def counting(*args, **kwargs):
         seen.append(kwargs["input_ids"].shape[0])
         return forward(*args, **kwargs)

@@ -153,6 +153,15 @@ class _Batch:
     next_ids: torch.Tensor  # [rows] each row's newest token, chosen but not yet fed
 
 
+@dataclass
+class _Prefilled:
+    """A prefilled row waiting for a slot: its prompt's KV (real slots only) and its first token."""
+
+    row: _Row
+    kv: KV
+    next_id: torch.Tensor
+
+
 class Decoder:
     """Continuous-batching greedy/sampling decoder over an HF causal LM with a KV cache.
 
@@ -166,20 +175,21 @@ class Decoder:
     ``share_prefix``: a prompt start that newcomers share with each other or with
     the previous prefill (a system prompt), at least :data:`MIN_SHARED_PREFIX`
     tokens, is encoded once and its KV copied (off for sliding-window models).
-    ``min_join``: queued requests wait until that many slots are free (or the
-    queue is that short), so prompts are prefilled a few at a time — cheaper on a
-    CPU; 1 (the default) lets each join at the very next step, for latency.
+    ``prefill_rows``: when the prefilled rows cannot fill the free slots, up to
+    that many queued prompts (default ``max_rows``) are prefilled together — one
+    forward, cheaper per prompt than a few at a time — and wait, prefilled, for
+    slots, so a finished row's slot is taken at the very next step.
     If ``step`` raises (out of memory, interrupted), the rows in flight are
     dropped, their keys listed in ``lost_keys``, and the decoder stays usable.
     """
 
     def __init__(self, lm: LoadedModel, *, max_rows: int = 16, suppress_token_ids: Sequence[int] | None = None,
-                 share_prefix: bool = True, min_join: int = 1):
+                 share_prefix: bool = True, prefill_rows: int | None = None):
         if max_rows < 1:
             raise InputError(f"max_rows must be at least 1, got {max_rows}")
         self.lm = lm
         self.max_rows = max_rows
-        self.min_join = max(1, min(min_join, max_rows))
+        self.prefill_rows = max(1, prefill_rows or max_rows)
         self.suppress_token_ids = sorted(added_token_ids(lm) if suppress_token_ids is None else suppress_token_ids)
         self._default_stops = tuple(end_token_ids(lm))
         self._default_stop_strings = tuple(answer_stop_strings(lm))
@@ -188,6 +198,7 @@ class Decoder:
         self._cancelled: set[Any] = set()
         self._lock = threading.Lock()
         self._batch: _Batch | None = None
+        self._pool: deque[_Prefilled] = deque()  # prefilled rows waiting for a slot
         self._suppress: torch.Tensor | None = None
         self.vocab_size = 0
         self._cache_name: str | None = None
@@ -215,8 +226,8 @@ class Decoder:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for a slot."""
-        return len(self._queue)
+        """Requests waiting for a slot (prefilled or not)."""
+        return len(self._queue) + len(self._pool)
 
     @property
     def running(self) -> int:
@@ -226,7 +237,7 @@ class Decoder:
     @property
     def idle(self) -> bool:
         """Nothing queued and nothing running."""
-        return not self._queue and not self.running
+        return not self._queue and not self._pool and not self.running
 
     def run(self, requests: Iterable[Request] = ()) -> Iterator[FinishedRow]:
         """Queue ``requests`` and step until idle, yielding rows as they finish."""
@@ -236,35 +247,50 @@ class Decoder:
 
     @torch.no_grad()
     def step(self) -> list[FinishedRow]:
-        """One decoding step for every running row; queued requests fill the free slots first."""
+        """Fill the free slots (prefilling queued prompts when needed), then advance every row one token."""
         self._drop_cancelled()
-        free = self.max_rows - self.running
-        newcomers = self._take(free if free >= min(self.min_join, len(self._queue)) or not self.running else 0)
-        if not newcomers and self._batch is None:
-            return []
-        in_flight = (self._batch.rows if self._batch else []) + newcomers
-        hidden_wanted = any(r.request.hidden_state or r.request.keep_cache for r in in_flight)
+        finished: list[FinishedRow] = []
+        newcomers: list[_Row] = []
         try:
             with self.lm.answering():
-                running = self._decode_running(hidden_wanted) if self._batch is not None else None
-                joining = self._prefill(newcomers, hidden_wanted) if newcomers else None
-            finished = [self._finish(batch, i) for batch in (running, joining) if batch is not None
-                        for i, row in enumerate(batch.rows) if row.finish_reason is not None]
-            self._batch = _merge(_keep_unfinished(running), _keep_unfinished(joining))
+                free = self.max_rows - self.running
+                if free > len(self._pool) and self._queue:
+                    newcomers = self._take(max(self.prefill_rows, free - len(self._pool)))
+                    finished += self._prefill_into_pool(newcomers)
+                    newcomers = []
+                if free and self._pool:
+                    joining = [self._pool.popleft() for _ in range(min(free, len(self._pool)))]
+                    self._batch = _merge(self._batch, _batch_of(joining))
+                if self._batch is not None:
+                    running = self._decode_running()
+                    finished += [self._finish(running, i) for i, row in enumerate(running.rows)
+                                 if row.finish_reason is not None]
+                    self._batch = _keep_unfinished(running)
         except BaseException:
             # A forward that failed part-way (out of memory, interrupted) leaves the cache half-extended:
             # drop every row in flight, say which, and stay usable for what is queued.
+            self.lost_keys = [r.request.key for r in (self._batch.rows if self._batch else []) + newcomers]
             self._batch = None
-            self.lost_keys = [r.request.key for r in in_flight]
             raise
         return finished
 
     # --- admission ----------------------------------------------------------------------------
 
-    def _take(self, free: int) -> list[_Row]:
+    def _take(self, count: int) -> list[_Row]:
         with self._lock:
-            taken = [self._queue.popleft() for _ in range(min(free, len(self._queue)))]
+            taken = [self._queue.popleft() for _ in range(min(count, len(self._queue)))]
         return [self._new_row(r) for r in taken]
+
+    def _prefill_into_pool(self, rows: list[_Row]) -> list[FinishedRow]:
+        """Prefill ``rows``; those that end at their first token are returned, the rest wait in the pool."""
+        batch = self._prefill(rows)
+        finished = []
+        for i, row in enumerate(batch.rows):
+            if row.finish_reason is not None:
+                finished.append(self._finish(batch, i))
+            else:
+                self._pool.append(_Prefilled(row, _row_kv(batch.cache, batch.mask[i].bool(), i), batch.next_ids[i]))
+        return finished
 
     def _new_row(self, request: Request) -> _Row:
         generator = None
@@ -281,17 +307,19 @@ class Decoder:
                 return
             cancelled, self._cancelled = self._cancelled, set()
             self._queue = deque(r for r in self._queue if r.key not in cancelled)
+        self._pool = deque(p for p in self._pool if p.row.request.key not in cancelled)
         if self._batch is not None:
             self._batch = _select(self._batch, [i for i, r in enumerate(self._batch.rows)
                                                 if r.request.key not in cancelled])
 
     # --- forwards -----------------------------------------------------------------------------
 
-    def _decode_running(self, hidden_wanted: bool) -> _Batch:
+    def _decode_running(self) -> _Batch:
         """Feed each running row its newest token (one slot more in the cache) and choose the next."""
         batch = self._batch
         assert batch is not None
         start = time.perf_counter()
+        hidden_wanted = any(r.request.hidden_state or r.request.keep_cache for r in batch.rows)
         positions = batch.mask.sum(-1, keepdim=True)  # real tokens before the fed one
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         with _head_input(self.lm.model, hidden_wanted) as seen:
@@ -301,7 +329,7 @@ class Decoder:
         self._choose(advanced, out.logits[:, -1], seen[-1] if seen else None, start)
         return advanced
 
-    def _prefill(self, rows: list[_Row], hidden_wanted: bool) -> _Batch:
+    def _prefill(self, rows: list[_Row]) -> _Batch:
         """Encode the newcomers' prompts (each distinct prompt once) and choose their first tokens.
 
         A prefix the prompts share with each other or with an earlier prefill (a
@@ -309,6 +337,7 @@ class Decoder:
         rest of each prompt is fed, after it.
         """
         start = time.perf_counter()
+        hidden_wanted = any(r.request.hidden_state or r.request.keep_cache for r in rows)
         distinct: dict[tuple[int, ...], int] = {}
         which = [distinct.setdefault(tuple(r.prompt_ids), len(distinct)) for r in rows]
         prompts = [list(p) for p in distinct]
@@ -503,6 +532,26 @@ def _pad_cache(cache: Any, slots: int) -> None:
             layer.keys, layer.values = _pad_left(layer.keys, slots), _pad_left(layer.values, slots)
 
 
+def _batch_of(rows: Sequence[_Prefilled]) -> _Batch:
+    """Prefilled rows as one batch."""
+    cache, mask = _stack([r.kv for r in rows])
+    return _Batch([r.row for r in rows], cache, mask, torch.stack([r.next_id for r in rows]))
+
+
+def _stack(kvs: Sequence[KV]) -> tuple[Any, torch.Tensor]:
+    """Rows' own caches as one cache, each row's slots left-padded to the longest, and its mask."""
+    lengths = [kv[0][0].shape[-2] for kv in kvs]
+    width = max(lengths)
+    cache = _cache_from(tuple(
+        (torch.cat([_pad_left(kv[layer][0], width - n) for kv, n in zip(kvs, lengths, strict=True)]),
+         torch.cat([_pad_left(kv[layer][1], width - n) for kv, n in zip(kvs, lengths, strict=True)]))
+        for layer in range(len(kvs[0]))))
+    device = kvs[0][0][0].device
+    mask = (torch.arange(width, device=device)[None, :]
+            >= width - torch.tensor(lengths, device=device)[:, None]).long()
+    return cache, mask
+
+
 def _select(batch: _Batch, keep: list[int]) -> _Batch | None:
     """The batch with only rows ``keep``; slots no remaining row uses are cut from the left."""
     if not keep:
@@ -590,16 +639,8 @@ def answer_cache(rows: Sequence[FinishedRow]) -> AnswerCache:
     """
     if not rows or any(r.kv is None for r in rows):
         raise CertaError("answer_cache needs rows decoded with keep_cache=True")
-    kvs = [r.kv for r in rows if r.kv is not None]
-    lengths = [kv[0][0].shape[-2] for kv in kvs]
-    width = max(lengths)
-    cache = _cache_from(tuple(
-        (torch.cat([_pad_left(kv[layer][0], width - n) for kv, n in zip(kvs, lengths, strict=True)]),
-         torch.cat([_pad_left(kv[layer][1], width - n) for kv, n in zip(kvs, lengths, strict=True)]))
-        for layer in range(len(kvs[0]))))
-    device = kvs[0][0][0].device
-    mask = (torch.arange(width, device=device)[None, :]
-            >= width - torch.tensor(lengths, device=device)[:, None]).long()
+    cache, mask = _stack([r.kv for r in rows if r.kv is not None])
+    device = mask.device
     last = torch.tensor([r.token_ids[-1] for r in rows], device=device)
     states = [r.hidden_state for r in rows if r.hidden_state is not None]
     hidden = torch.stack(states) if len(states) == len(rows) else None

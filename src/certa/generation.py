@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULTS", "RAW_PROMPT_KEY", "FinishedBatch", "GenerationHook", "GenerationSettings",
            "added_token_ids", "generate", "model_hooks"]
 
+
 class GenerationSettings(BaseModel):
     """How answers are decoded; every default of the library, the CLI and run configs is stated here."""
 
@@ -244,11 +245,10 @@ def _decode_all(lm: LoadedModel, items: list[_Item], s: _Settings, batch_size: i
     """Decode every item's rows on one continuous batch; yield each example once all its rows are read."""
     if not items:
         return
-    rows = batch_size * max(1, s.samples)
-    # Newcomers join in groups of a quarter batch: prefilling a few prompts together costs little more
-    # than one on a CPU, and a slot left empty for a step or two costs less than that.
-    decoder = Decoder(lm, max_rows=rows, min_join=max(1, rows // 4))
-    pending = {i: _Pending(item, left=1 + s.samples, samples=[""] * s.samples) for i, item in enumerate(items)}
+    decoder = Decoder(lm, max_rows=batch_size * max(1, s.samples))
+    phases = ["answer", "confidence"] + (["samples"] if s.samples else [])
+    pending = {i: _Pending(item, left=1 + s.samples, samples=[""] * s.samples, seconds=dict.fromkeys(phases, 0.0))
+               for i, item in enumerate(items)}
     for i, item in enumerate(items):
         decoder.extend(_requests(i, item, s))
     waiting: list[FinishedRow] = []  # finished rows the hooks have not read yet
@@ -272,8 +272,6 @@ def _complete(lm: LoadedModel, pending: dict[int, _Pending], row: FinishedRow, c
     """File a finished, read row under its example; the example's Generation once it is whole."""
     index, k = row.key
     p = pending[index]
-    if not p.seconds:
-        p.seconds = {"answer": 0.0, "confidence": 0.0} | ({"samples": 0.0} if s.samples else {})
     if k == GREEDY:
         p.greedy = row
         p.confidence.update(confidence)
