@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import certa.models.sources as models
+from certa.decoding import FinishedBatch
 from certa.errors import MissingDependencyError, ModelLoadError
-from certa.generation import DecodeState, generate
+from certa.generation import generate
 from certa.models import LoadedModel, answer_stop_strings, load_model
 from certa.prompts import ANSWER_STOP, SYSTEM_PROMPT, few_shot_prompt, question_prompt
 from certa.records import Example
@@ -130,15 +131,15 @@ def test_scripted_model_really_writes_past_the_newline(scripted):
 def test_base_answer_stops_at_the_newline_with_aligned_token_lists(scripted):
     base, expected = scripted
     seen: list[int] = []
-    widths: list[int] = []
 
     class Lengths:
         name = "lengths"
 
-        def on_batch_end(self, lm: LoadedModel, state: DecodeState) -> list[float]:
-            seen.extend(state.response_lengths)
-            widths.append(state.sequences.shape[1] - state.prompt_length)
-            return [float(n) for n in state.attention_mask.sum(dim=1) - state.prompt_length]
+        def on_finished(self, lm: LoadedModel, batch: FinishedBatch) -> list[float]:
+            seen.extend(len(row.token_ids) for row in batch.rows)
+            # the cache holds prompt + answer minus its last token (not yet fed)
+            return [float(n) - len(row.prompt_ids) + 1
+                    for n, row in zip(batch.cache.mask.sum(dim=1).tolist(), batch.rows, strict=True)]
 
     [gen] = generate(base, [NUMERIC], max_new_tokens=8, hidden_states=True, hooks=[Lengths()], progress=False)
     assert gen.response == "42"
@@ -146,8 +147,8 @@ def test_base_answer_stops_at_the_newline_with_aligned_token_lists(scripted):
     # The newline token ends the answer the way an end-of-turn token does: kept, and nothing after it.
     assert gen.token_ids == expected
     assert len(gen.token_logprobs) == len(gen.token_entropies) == 3
-    assert seen == [3] and gen.confidence["lengths"] == 3.0  # mask covers exactly the kept tokens
-    assert widths == [3]  # generate itself stopped there (stop_strings), not just the bookkeeping
+    # Decoding itself stopped there (the cache ends at the kept tokens), not just the bookkeeping.
+    assert seen == [3] and gen.confidence["lengths"] == 3.0
 
     # Log-probs are those of a full forward over prompt + kept answer.
     prompt_ids = base.tokenizer(gen.prompt, add_special_tokens=False)["input_ids"]

@@ -51,7 +51,6 @@ def test_known_uses_are_reported_and_others_fail(monkeypatch):
 
 def test_every_known_use_names_a_function_that_exists_with_the_change_it_needs():
     known = guard.known_sites()
-    assert len(known) == 5
     for key, change in known.items():
         file, function = key.split("::")
         source = Path(guard.CERTA_DIR).parent / file

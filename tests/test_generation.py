@@ -13,8 +13,9 @@ import dataclasses
 import pytest
 import torch
 
+from certa.decoding import Decoder, FinishedBatch
 from certa.errors import InputError
-from certa.generation import RAW_PROMPT_KEY, DecodeState, generate
+from certa.generation import RAW_PROMPT_KEY, generate
 from certa.models import end_token_ids, load_model
 from certa.records import Example, Generation, read_jsonl
 
@@ -134,57 +135,60 @@ def test_hidden_state_omitted_unless_asked(lm, examples):
 
 
 class ExtensionHook:
-    """Feeds one extra token over the decode cache, as GrACE's read-out does, and keeps the logits."""
+    """Feeds one extra token over the finished rows' cache, as GrACE's read-out does, and keeps the logits."""
 
     def __init__(self, name: str, token_id: int):
         self.name, self.token_id = name, token_id
-        self.states: list[DecodeState] = []
+        self.batches: list[FinishedBatch] = []
         self.logits: list[torch.Tensor] = []
 
-    def on_batch_end(self, lm, state: DecodeState) -> list[float]:
-        rows = state.sequences.shape[0]
-        # generate never fed its final column, so feed it along with the new token.
-        tokens = torch.stack([state.sequences[:, -1], torch.full((rows,), self.token_id)], dim=1)
-        mask = torch.cat([state.attention_mask, torch.ones(rows, 1, dtype=torch.long)], dim=1)
+    def on_finished(self, lm, batch: FinishedBatch) -> list[float]:
+        cache = batch.cache
+        rows = len(batch.rows)
+        # The cache stops before each answer's last token: feed it along with the new token.
+        tokens = torch.stack([cache.last_tokens, torch.full((rows,), self.token_id)], dim=1)
+        mask = torch.cat([cache.mask, torch.ones(rows, 2, dtype=torch.long)], dim=1)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -2:]
         with torch.no_grad():
             out = lm.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                           past_key_values=state.past_key_values)
+                           past_key_values=cache.past_key_values)
         last = out.logits[:, -1].float()
-        self.states.append(state)
+        self.batches.append(batch)
         self.logits.append(last)
         return torch.softmax(last, -1)[:, self.token_id].tolist()
 
 
-def test_hook_state_supports_a_one_token_extension(lm, examples):
+def test_hook_sees_each_finished_rows_cache_and_can_extend_it(lm, examples):
     extra = lm.tokenizer.convert_tokens_to_ids("<|im_start|>")
     first, second = ExtensionHook("first", extra), ExtensionHook("second", extra)
-    gens = generate(lm, examples[:6], max_new_tokens=MAX_NEW, batch_size=3, hooks=[first, second],
+    gens = generate(lm, examples[:7], max_new_tokens=MAX_NEW, batch_size=3, hooks=[first, second],
                     hidden_states=True, progress=False)
     by_id = {g.id: g for g in gens}
+    assert [len(b.rows) for b in first.batches] == [3, 3, 1]  # groups of batch_size finished rows
     checked = 0
-    for state, logits, batch_logits_again in zip(first.states, first.logits, second.logits, strict=True):
+    for batch, logits, logits_again in zip(first.batches, first.logits, second.logits, strict=True):
         # The cache is cropped after each hook, so the second hook sees exactly what the first did.
-        assert torch.allclose(logits, batch_logits_again, atol=1e-5)
-        for row in range(state.sequences.shape[0]):
-            prompt_tokens = state.sequences[row, :state.prompt_length][state.attention_mask[row, :state.prompt_length] == 1]
-            g = next(g for g in by_id.values() if _prompt_ids(lm, g) == prompt_tokens.tolist())
-            n = state.response_lengths[row]
-            assert n == len(g.token_ids)
-            assert int(state.attention_mask[row].sum()) == len(prompt_tokens) + n
-            assert torch.allclose(state.last_hidden[row], torch.tensor(g.hidden_state), atol=1e-5)
-            full = _full_forward(lm, prompt_tokens.tolist() + g.token_ids + [extra]).logits[0, -1]
-            assert torch.allclose(logits[row], full, atol=1e-4)
+        assert torch.allclose(logits, logits_again, atol=1e-5)
+        for i, row in enumerate(batch.rows):
+            g = next(g for g in by_id.values() if _prompt_ids(lm, g) == row.prompt_ids)
+            assert row.token_ids == g.token_ids
+            # prompt + answer minus its last token, which the hook feeds itself
+            assert int(batch.cache.mask[i].sum()) == len(row.prompt_ids) + len(g.token_ids) - 1
+            assert int(batch.cache.last_tokens[i]) == g.token_ids[-1]
+            assert torch.allclose(batch.cache.last_hidden[i], torch.tensor(g.hidden_state), atol=1e-5)
+            full = _full_forward(lm, row.prompt_ids + g.token_ids + [extra]).logits[0, -1]
+            assert torch.allclose(logits[i], full, atol=1e-4)
             assert g.confidence["first"] == pytest.approx(float(torch.softmax(full, -1)[extra]), abs=1e-5)
+            assert g.meta["confidence_source"] == {"first": lm.artifact_id, "second": lm.artifact_id}
             checked += 1
-    assert checked == 6
+    assert checked == 7
     assert {g.finish_reason for g in gens} == {"stop", "length"}
 
 
-def test_hooks_run_on_sampled_batches(lm, examples):
+def test_hooks_read_sampled_rows_too(lm, examples):
     hook = ExtensionHook("ext", 5)
     gens = generate(lm, examples[:3], max_new_tokens=6, samples=2, hooks=[hook], progress=False)
-    assert [s.sequences.shape[0] for s in hook.states] == [3, 6]
+    assert sum(len(b.rows) for b in hook.batches) == 9  # 3 greedy + 3 x 2 sampled rows
     for g in gens:
         assert len(g.sample_confidence["ext"]) == 2
         assert all(0 <= c <= 1 for c in g.sample_confidence["ext"])
@@ -201,19 +205,22 @@ def test_samples_count_and_seeding(lm, examples, greedy):
     assert [g.token_ids for g in a] == [g.token_ids[:8] for g in greedy[:4]]
 
 
-class CountingGenerate:
-    def __init__(self, model):
-        self.model, self.original, self.rows = model, model.generate, 0
+class CountingAdd:
+    """Counts the rows queued on the decoder."""
 
-    def __call__(self, *args, **kwargs):
-        self.rows += kwargs["input_ids"].shape[0]
-        return self.original(*args, **kwargs)
+    def __init__(self, monkeypatch):
+        original, self.rows = Decoder.add, 0
+
+        def add(decoder, request):
+            self.rows += 1
+            return original(decoder, request)
+
+        monkeypatch.setattr(Decoder, "add", add)
 
 
 def test_resume_skips_finished_ids(lm, examples, tmp_path, monkeypatch):
     out = tmp_path / "gens.jsonl"
-    counter = CountingGenerate(lm.model)
-    monkeypatch.setattr(lm.model, "generate", counter)
+    counter = CountingAdd(monkeypatch)
     generate(lm, examples[:5], max_new_tokens=4, batch_size=2, out=out, progress=False)
     assert counter.rows == 5
     gens = generate(lm, examples, max_new_tokens=4, batch_size=2, out=out, progress=False)
@@ -231,11 +238,11 @@ class FailAfter:
     def __init__(self, batches: int):
         self.left = batches
 
-    def on_batch_end(self, lm, state):
+    def on_finished(self, lm, batch):
         if self.left == 0:
             raise KeyboardInterrupt
         self.left -= 1
-        return [0.5] * state.sequences.shape[0]
+        return [0.5] * len(batch.rows)
 
 
 def test_killed_run_keeps_finished_batches(lm, examples, tmp_path):

@@ -1,16 +1,19 @@
-"""Batched generation that keeps everything confidence methods read.
+"""Generation that keeps everything confidence methods read, on the continuous-batching decoder.
 
-One decoding pass per batch yields the greedy answer together with its
-per-token log-probs and entropies (from the raw logits) and, on request, the
-last-layer hidden state at the position that predicts the end of the answer.
-``samples=K`` adds one sampled decoding call per batch. ``hooks`` see each
-call's sequences, masks, KV cache and final states (a ``DecodeState``) and
-return one confidence per row, so a method such as GrACE costs one extra short
-step instead of a second pass over prompt and answer.
+Every answer is decoded by :class:`certa.decoding.Decoder`: up to
+``batch_size`` questions are in flight, and when one ends the next takes its
+slot, so short answers never wait for long ones. Each greedy answer comes with
+its per-token log-probs and entropies (from the raw logits) and, on request,
+the last-layer hidden state at the position that predicts the end of the
+answer. ``samples=K`` adds K sampled rows per question, each from its own
+seeded generator. ``hooks`` see finished rows with their KV cache
+(:class:`certa.decoding.FinishedBatch`, in groups of up to ``batch_size``
+rows) and return one confidence per row, so a method such as GrACE costs one
+extra short step instead of a second pass over prompt and answer.
 
-Examples are sorted by prompt length before batching (less padding) and
-returned in input order. With ``out=`` every finished batch is appended to a
-JSONL file at once, and a re-run skips the ids already there.
+Questions are queued longest prompt first and returned in input order. With
+``out=`` every finished example is appended to a JSONL file at once, and a
+re-run skips the ids already there.
 """
 
 from __future__ import annotations
@@ -18,18 +21,16 @@ from __future__ import annotations
 import contextlib
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .decoding import Decoder, FinishedBatch, FinishedRow, GenerationHook, Request, added_token_ids, run_hooks
 from .errors import InputError
 from .methods.base import method_class
-from .methods.logprobs.distribution import token_distribution_stats
-from .models import answer_stop_strings, end_token_ids
-from .models.tensors import cache_length, crop_cache, left_pad
+from .models import answer_stop_strings
 from .prompts import question_prompt
 from .records import Example, Generation, JsonlAppender, read_jsonl
 
@@ -37,6 +38,10 @@ if TYPE_CHECKING:
     import os
 
     from .models import LoadedModel
+
+__all__ = ["DEFAULTS", "RAW_PROMPT_KEY", "FinishedBatch", "GenerationHook", "GenerationSettings",
+           "added_token_ids", "generate", "model_hooks"]
+
 
 class GenerationSettings(BaseModel):
     """How answers are decoded; every default of the library, the CLI and run configs is stated here."""
@@ -56,32 +61,6 @@ RAW_PROMPT_KEY = "raw_prompt"
 
 
 @dataclass
-class DecodeState:
-    """What one ``model.generate`` call leaves behind, handed to every hook.
-
-    Rows are the batch's examples, or ``samples`` consecutive rows per example
-    for a sampled call. ``past_key_values`` covers every position of
-    ``sequences`` except the last (``generate`` never feeds its final token);
-    certa crops it back after each hook, so hooks may extend it freely.
-    """
-
-    sequences: torch.LongTensor
-    prompt_length: int
-    attention_mask: torch.LongTensor
-    response_lengths: list[int]
-    past_key_values: Any
-    last_hidden: torch.Tensor
-
-
-class GenerationHook(Protocol):
-    """Reads one confidence per row right after decoding (e.g. GrACE's ``<CNF>`` step)."""
-
-    name: str
-
-    def on_batch_end(self, lm: LoadedModel, state: DecodeState) -> list[float]: ...
-
-
-@dataclass
 class _Settings:
     max_new_tokens: int
     samples: int
@@ -95,32 +74,27 @@ class _Settings:
 
 
 @dataclass
-class _Decoded:
-    """One generate call, reduced to per-row facts."""
-
-    sequences: torch.Tensor
-    prompt_length: int
-    attention_mask: torch.Tensor
-    response_lengths: list[int]
-    stopped: list[bool]
-    past_key_values: Any
-    logits: tuple[torch.Tensor, ...] | None
-    last_hidden: torch.Tensor | None
-
-    @property
-    def vocab_size(self) -> int | None:
-        return int(self.logits[0].shape[-1]) if self.logits else None
-
-    def response_ids(self, row: int) -> list[int]:
-        start = self.prompt_length
-        return self.sequences[row, start:start + self.response_lengths[row]].tolist()
-
-
-@dataclass
 class _Item:
     example: Example
     prompt: str
     prompt_ids: list[int]
+
+
+GREEDY = -1
+"""The sample index of an example's greedy row (its rows are keyed ``(example index, sample index)``)."""
+
+
+@dataclass
+class _Pending:
+    """An example whose rows are still decoding or waiting for the hooks."""
+
+    item: _Item
+    left: int
+    greedy: FinishedRow | None = None
+    samples: list[str] = field(default_factory=list)
+    confidence: dict[str, float] = field(default_factory=dict)
+    sample_confidence: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def generate(
@@ -140,13 +114,14 @@ def generate(
     out: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> list[Generation]:
-    """Answer every example greedily, in batches, keeping token log-probs and entropies.
+    """Answer every example greedily with continuous batching, keeping token log-probs and entropies.
 
     Args:
         lm: a model from :func:`certa.load_model`.
         examples: the questions; ids must be unique.
         max_new_tokens: generation limit per answer (``finish_reason="length"`` when hit).
-        batch_size: examples per decoding call (sampled calls hold ``batch_size * samples`` rows).
+        batch_size: questions decoded together; a finished answer's slot goes to the next question at
+            once. With samples, ``batch_size * samples`` rows are in flight.
         samples: extra answers sampled at ``temperature`` per example, stored in ``Generation.samples``.
         temperature: sampling temperature of the extra answers (and of the answer with ``sample_answer``).
         top_p: nucleus-sampling mass of every sampled answer (1.0: the whole distribution).
@@ -156,17 +131,22 @@ def generate(
         hidden_states: store the last-layer state at the end-predicting position in ``hidden_state``.
         token_stats: store per-token statistics of the full next-token distribution (Rényi divergence and
             Fisher-Rao distance from uniform) in ``meta["token_stats"]``, for the methods that read them.
-        hooks: objects with ``name`` and ``on_batch_end(lm, state) -> list[float]``; their values go to
-            ``confidence[name]`` (greedy answer) and ``sample_confidence[name]`` (samples), and
-            ``meta["confidence_source"][name]`` names the artifact that read them. ``None`` means the
-            hooks of the model's own method (a GrACE artifact reads its confidence while decoding).
-        seed: makes sampling reproducible (each batch is seeded from ``seed`` and its ids).
-        out: JSONL path; finished batches are appended as they complete and ids already in the
+        hooks: objects with ``name`` and ``on_finished(lm, batch) -> list[float]``
+            (:class:`certa.decoding.GenerationHook`), called on groups of up to ``batch_size`` finished
+            rows with their KV cache; their values go to ``confidence[name]`` (greedy answer) and
+            ``sample_confidence[name]`` (samples), and ``meta["confidence_source"][name]`` names the
+            artifact that read them. ``None`` means the hooks of the model's own method (a GrACE
+            artifact reads its confidence while decoding).
+        seed: makes sampling reproducible: each sampled answer has its own generator, seeded from
+            ``seed``, its example id and its index, whatever else is decoded beside it.
+        out: JSONL path; finished examples are appended as they complete and ids already in the
             file are skipped (resume).
         progress: show a progress bar over examples.
 
     Returns:
-        One ``Generation`` per example, in input order (resumed ones read back from ``out``).
+        One ``Generation`` per example, in input order (resumed ones read back from ``out``);
+        ``meta["seconds"]`` holds each example's share of the decoding time by phase
+        (``answer``, ``confidence``, ``samples``).
     """
     examples = list(examples)
     hooks = model_hooks(lm) if hooks is None else hooks
@@ -178,11 +158,12 @@ def generate(
         done = _finished_generations(appender)
         _check_resumable(out, [done[ex.id] for ex in examples if ex.id in done], settings)
         todo = [ex for ex in examples if ex.id not in done]
-        for batch in _progress(_length_sorted_batches(lm, todo, batch_size), len(examples), len(todo), progress):
-            for gen in _generate_batch(lm, batch, settings):
-                done[gen.id] = gen
-                if appender is not None:
-                    appender.append(gen)
+        bar = stack.enter_context(_progress_bar(len(examples), len(todo), progress))
+        for gen in _decode_all(lm, _length_sorted(lm, todo), settings, batch_size):
+            done[gen.id] = gen
+            if appender is not None:
+                appender.append(gen)
+            bar.update(1)
     return [done[ex.id] for ex in examples]
 
 
@@ -206,8 +187,8 @@ def _check_arguments(examples: list[Example], s: _Settings, batch_size: int) -> 
             raise InputError(f"example id {ex.id!r} appears more than once; ids must be unique")
         seen.add(ex.id)
     for hook in s.hooks:
-        if not getattr(hook, "name", None) or not callable(getattr(hook, "on_batch_end", None)):
-            raise InputError(f"hook {hook!r} needs a 'name' and an 'on_batch_end(lm, state)' method")
+        if not getattr(hook, "name", None) or not callable(getattr(hook, "on_finished", None)):
+            raise InputError(f"hook {hook!r} needs a 'name' and an 'on_finished(lm, batch)' method")
 
 
 def _finished_generations(appender: JsonlAppender | None) -> dict[str, Generation]:
@@ -233,26 +214,21 @@ def _check_resumable(out: Any, resumed: list[Generation], s: _Settings) -> None:
                          "delete the file (and its .partial) or write to a new path")
 
 
-def _progress(batches: Iterator[list[_Item]], total: int, todo: int, enabled: bool) -> Iterator[list[_Item]]:
+def _progress_bar(total: int, todo: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
-    with tqdm(total=total, initial=total - todo, disable=not enabled, unit="ex", desc="generate") as bar:
-        for batch in batches:
-            yield batch
-            bar.update(len(batch))
+    return tqdm(total=total, initial=total - todo, disable=not enabled, unit="ex", desc="generate")
 
 
-def _length_sorted_batches(lm: LoadedModel, examples: list[Example], batch_size: int) -> Iterator[list[_Item]]:
-    """Batches of similar prompt length, longest first (a memory error shows up at once)."""
+def _length_sorted(lm: LoadedModel, examples: list[Example]) -> list[_Item]:
+    """The examples with their prompts, longest prompt first (a memory error shows up at once)."""
     if not examples:
-        return
+        return []
     prompts = [_prompt_text(lm, ex) for ex in examples]
     # Chat templates already spell out their special tokens; adding them again would double BOS.
     ids = lm.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    items = sorted((_Item(ex, p, i) for ex, p, i in zip(examples, prompts, ids, strict=True)),
-                   key=lambda item: -len(item.prompt_ids))
-    for start in range(0, len(items), batch_size):
-        yield items[start:start + batch_size]
+    return sorted((_Item(ex, p, i) for ex, p, i in zip(examples, prompts, ids, strict=True)),
+                  key=lambda item: -len(item.prompt_ids))
 
 
 def _prompt_text(lm: LoadedModel, example: Example) -> str:
@@ -260,224 +236,101 @@ def _prompt_text(lm: LoadedModel, example: Example) -> str:
     return raw if isinstance(raw, str) else lm.chat_prompt(question_prompt(example))
 
 
-def _generate_batch(lm: LoadedModel, batch: list[_Item], s: _Settings) -> list[Generation]:
-    clock = _BatchClock()
-    input_ids, attention_mask = left_pad([item.prompt_ids for item in batch], lm.tokenizer.pad_token_id, lm.device)
-    if s.sample_answer:
-        torch.manual_seed(_batch_seed(s.seed, [item.example.id for item in batch], "answer"))
-    greedy = _decode(lm, input_ids, attention_mask, s.max_new_tokens,
-                     capture_hidden=s.hidden_states or bool(s.hooks), keep_logits=True,
-                     sample=s.sample_answer, temperature=s.temperature, top_p=s.top_p)
-    gens = [_to_generation(lm, item, greedy, row, s) for row, item in enumerate(batch)]
-    clock.lap("answer")
-    for hook, values in _run_hooks(lm, greedy, s.hooks):
-        for gen, value in zip(gens, values, strict=True):
-            gen.confidence[hook.name] = value
-            gen.meta.setdefault("confidence_source", {})[hook.name] = lm.artifact_id
-    clock.lap("confidence")
-    if s.samples:
-        _add_samples(lm, gens, input_ids, attention_mask, s)
-        clock.lap("samples")
-    for gen in gens:
-        gen.meta["seconds"] = clock.share(len(gens))
-    return gens
+def _requests(index: int, item: _Item, s: _Settings) -> list[Request]:
+    """The greedy row of an example, then its sampled rows, each sample with its own seeded generator."""
+    keep = bool(s.hooks)
+    answer_temperature = s.temperature if s.sample_answer else 0.0
+    rows = [Request(item.prompt_ids, max_new_tokens=s.max_new_tokens, temperature=answer_temperature,
+                    top_p=s.top_p, seed=_sample_seed(s.seed, item.example.id, "answer"),
+                    hidden_state=s.hidden_states, token_stats=s.token_stats, keep_cache=keep, key=(index, GREEDY))]
+    rows += [Request(item.prompt_ids, max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                     seed=_sample_seed(s.seed, item.example.id, k), keep_cache=keep, key=(index, k))
+             for k in range(s.samples)]
+    return rows
 
 
-class _BatchClock:
-    """Wall time of a batch's phases, so costs can be reported per example (``meta["seconds"]``)."""
-
-    def __init__(self) -> None:
-        self._last = time.perf_counter()
-        self.phases: dict[str, float] = {}
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
-        self._last = now
-
-    def share(self, n: int) -> dict[str, float]:
-        return {phase: seconds / n for phase, seconds in self.phases.items()}
+def _sample_seed(seed: int, example_id: str, k: int | str) -> int:
+    # Seeded by content, not by position in the run, so a resumed run samples the same answers.
+    return zlib.crc32(f"{seed}\x00{example_id}\x00{k}".encode())
 
 
-def _add_samples(lm: LoadedModel, gens: list[Generation], input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, s: _Settings) -> None:
-    k = s.samples
-    torch.manual_seed(_batch_seed(s.seed, [g.id for g in gens]))
-    sampled = _decode(lm, input_ids, attention_mask, s.max_new_tokens, capture_hidden=bool(s.hooks),
-                      keep_logits=False, samples=k, temperature=s.temperature, top_p=s.top_p)
-    texts = [_decode_text(lm, sampled.response_ids(row)) for row in range(len(gens) * k)]
-    for i, gen in enumerate(gens):
-        gen.samples = texts[i * k:(i + 1) * k]
-    for hook, values in _run_hooks(lm, sampled, s.hooks):
-        for i, gen in enumerate(gens):
-            gen.sample_confidence[hook.name] = values[i * k:(i + 1) * k]
-
-
-def _batch_seed(seed: int, ids: list[str], stream: str = "") -> int:
-    # Seeded by content, not batch position, so a resumed run samples the same answers for a batch.
-    return zlib.crc32(f"{seed}\x00{'|'.join(ids)}{stream}".encode())
-
-
-# --- one decoding call -----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _decode(lm: LoadedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-            *, capture_hidden: bool, keep_logits: bool, samples: int = 0, temperature: float = 1.0,
-            top_p: float = 1.0, sample: bool = False) -> _Decoded:
-    """One ``model.generate`` call: greedy, one sampled row per prompt (``sample``), or ``samples`` per prompt."""
-    from transformers import GenerationConfig
-
-    stop_ids, stop_strings = end_token_ids(lm), answer_stop_strings(lm)
-    # A fresh config, not the model's: its defaults (repetition penalty, top-p, ...) would make the
-    # "greedy" answer and its log-probs depend on whoever packaged the model.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, eos_token_id=stop_ids, pad_token_id=lm.tokenizer.pad_token_id,
-        do_sample=samples > 0 or sample, num_return_sequences=max(samples, 1), return_dict_in_generate=True,
-        output_logits=keep_logits, use_cache=True, stop_strings=stop_strings or None,
-        # Tokens a certa artifact added (GrACE's <CNF>) are read-outs, never part of an answer.
-        suppress_tokens=added_token_ids(lm) or None,
-    )
-    if samples or sample:
-        config.temperature, config.top_k, config.top_p = temperature, 0, top_p
-    with _final_states(lm.model, capture_hidden) as steps, lm.answering():
-        # generate needs the tokenizer to match stop strings against token text.
-        output = lm.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                   **({"tokenizer": lm.tokenizer} if stop_strings else {}))
-    prompt_length = input_ids.shape[1]
-    prompt_mask = attention_mask.repeat_interleave(max(samples, 1), dim=0)
-    lengths, stopped = _response_lengths(output.sequences[:, prompt_length:], stop_ids)
-    if stop_strings:
-        lengths, stopped = _stop_string_lengths(lm, output.sequences[:, prompt_length:], lengths, stopped,
-                                                stop_strings)
-    return _Decoded(
-        sequences=output.sequences,
-        prompt_length=prompt_length,
-        attention_mask=_full_mask(prompt_mask, lengths, output.sequences.shape[1] - prompt_length),
-        response_lengths=lengths,
-        stopped=stopped,
-        past_key_values=output.past_key_values,
-        logits=output.logits if keep_logits else None,
-        last_hidden=_end_states(steps, lengths) if capture_hidden else None,
-    )
-
-
-@contextlib.contextmanager
-def _final_states(model: torch.nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
-    """Collect, per decoding step, the LM head's input at the newest position.
-
-    The LM head's input *is* the last-layer, post-norm hidden state, whatever the
-    architecture; ``generate`` only sends it the last position, so this costs a
-    [rows, hidden] copy per step and no extra forward.
-    """
-    steps: list[torch.Tensor] = []
-    if not enabled:
-        yield steps
+def _decode_all(lm: LoadedModel, items: list[_Item], s: _Settings, batch_size: int) -> Iterable[Generation]:
+    """Decode every item's rows on one continuous batch; yield each example once all its rows are read."""
+    if not items:
         return
-
-    def grab(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        steps.append(args[0][:, -1, :].detach())
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(grab)
-    try:
-        yield steps
-    finally:
-        handle.remove()
-
-
-def _response_lengths(generated: torch.Tensor, stop_ids: list[int]) -> tuple[list[int], list[bool]]:
-    """Tokens per row up to and including the first end-of-turn token, and whether it came."""
-    is_stop = torch.isin(generated, torch.tensor(stop_ids, device=generated.device))
-    stopped = is_stop.any(dim=1)
-    first = is_stop.int().argmax(dim=1)
-    lengths = torch.where(stopped, first + 1, torch.full_like(first, generated.shape[1]))
-    return lengths.tolist(), stopped.tolist()
-
-
-def _stop_string_lengths(lm: LoadedModel, generated: torch.Tensor, lengths: list[int], stopped: list[bool],
-                         stop_strings: list[str]) -> tuple[list[int], list[bool]]:
-    """Cut each row after the token that completes a stop string, as generate's stop-string check did.
-
-    generate stops such a row but reports nothing per row (it pads the rest), so the stop is found
-    again here: the first token whose text, with the tokens before it, contains a stop string.
-    """
-    lengths, stopped = list(lengths), list(stopped)
-    for row, ids in enumerate(generated.tolist()):
-        for end in range(1, lengths[row] + 1):
-            text = lm.tokenizer.decode(ids[:end])
-            if any(stop in text for stop in stop_strings):
-                lengths[row], stopped[row] = end, True
-                break
-    return lengths, stopped
+    decoder = Decoder(lm, max_rows=batch_size * max(1, s.samples))
+    phases = ["answer", "confidence"] + (["samples"] if s.samples else [])
+    pending = {i: _Pending(item, left=1 + s.samples, samples=[""] * s.samples, seconds=dict.fromkeys(phases, 0.0))
+               for i, item in enumerate(items)}
+    for i, item in enumerate(items):
+        decoder.extend(_requests(i, item, s))
+    waiting: list[FinishedRow] = []  # finished rows the hooks have not read yet
+    while not decoder.idle:
+        for row in decoder.step():
+            if s.hooks:
+                waiting.append(row)
+            else:
+                yield from _complete(lm, pending, row, {}, 0.0, s)
+        while len(waiting) >= batch_size or (waiting and decoder.idle):
+            group, waiting = waiting[:batch_size], waiting[batch_size:]
+            start = time.perf_counter()
+            values = run_hooks(lm, s.hooks, group)
+            share = (time.perf_counter() - start) / len(group)
+            for j, row in enumerate(group):
+                yield from _complete(lm, pending, row, {name: v[j] for name, v in values.items()}, share, s)
 
 
-def _full_mask(prompt_mask: torch.Tensor, lengths: list[int], width: int) -> torch.Tensor:
-    """1 on real prompt and real response tokens; 0 on left pads and on pads after a row ended."""
-    positions = torch.arange(width, device=prompt_mask.device)
-    response = positions[None, :] < torch.tensor(lengths, device=prompt_mask.device)[:, None]
-    return torch.cat([prompt_mask, response.to(prompt_mask.dtype)], dim=1)
+def _complete(lm: LoadedModel, pending: dict[int, _Pending], row: FinishedRow, confidence: dict[str, float],
+              hook_seconds: float, s: _Settings) -> list[Generation]:
+    """File a finished, read row under its example; the example's Generation once it is whole."""
+    index, k = row.key
+    p = pending[index]
+    if k == GREEDY:
+        p.greedy = row
+        p.confidence.update(confidence)
+        p.seconds["answer"] += row.seconds
+        p.seconds["confidence"] += hook_seconds
+    else:
+        p.samples[k] = _decode_text(lm, row.token_ids)
+        for name, value in confidence.items():
+            p.sample_confidence.setdefault(name, [float("nan")] * s.samples)[k] = value
+        p.seconds["samples"] += row.seconds + hook_seconds
+    p.left -= 1
+    if p.left:
+        return []
+    del pending[index]
+    return [_to_generation(lm, p, s)]
 
 
-def _end_states(steps: list[torch.Tensor], lengths: list[int]) -> torch.Tensor:
-    """Each row's state at step ``length - 1``: the position whose output is its last token."""
-    if len(steps) < max(lengths):
-        raise RuntimeError("hidden states were not captured at every decoding step (unexpected LM head)")
-    stacked = torch.stack(steps)  # [steps, rows, hidden]
-    rows = torch.arange(stacked.shape[1], device=stacked.device)
-    index = torch.tensor(lengths, device=stacked.device) - 1
-    return stacked[index, rows]
+# --- turning decoded rows into records ------------------------------------------------------
 
 
-# --- turning a decoded row into records ------------------------------------------------------
-
-
-def added_token_ids(lm: LoadedModel) -> list[int]:
-    """Ids of the tokens that trained artifacts added to the vocabulary (never decoded into answers)."""
-    tokens = {(info.get("method_info") or {}).get("token") for info in lm.adapters.values()}
-    return sorted(int(lm.tokenizer.convert_tokens_to_ids(t)) for t in tokens if t)
-
-
-def _to_generation(lm: LoadedModel, item: _Item, decoded: _Decoded, row: int, s: _Settings) -> Generation:
-    ids = decoded.response_ids(row)
-    step_logits = _step_logits(decoded.logits, ids, row)
-    logprobs, entropies = _logprobs_and_entropies(step_logits, ids)
-    hidden = (decoded.last_hidden[row].float().cpu().tolist()
-              if s.hidden_states and decoded.last_hidden is not None else None)
+def _to_generation(lm: LoadedModel, p: _Pending, s: _Settings) -> Generation:
+    row = p.greedy
+    assert row is not None
     # token_entropy normalises by log V; keeping V here lets it score the file without the model.
-    meta: dict[str, Any] = {"vocab_size": int(decoded.vocab_size)} if decoded.vocab_size else {}
-    if s.token_stats and step_logits is not None:
-        meta["token_stats"] = {name: values.tolist() for name, values in token_distribution_stats(step_logits).items()}
+    meta: dict[str, Any] = {"vocab_size": row.vocab_size}
+    if s.token_stats and row.token_stats is not None:
+        meta["token_stats"] = row.token_stats
+    if s.hooks:
+        meta["confidence_source"] = {hook.name: lm.artifact_id for hook in s.hooks}
+    meta["seconds"] = p.seconds
+    hidden = row.hidden_state.float().cpu().tolist() if s.hidden_states and row.hidden_state is not None else None
     return Generation(
-        id=item.example.id,
-        prompt=item.prompt,
-        response=_decode_text(lm, ids),
+        id=p.item.example.id,
+        prompt=p.item.prompt,
+        response=_decode_text(lm, row.token_ids),
         model=lm.name,
-        token_ids=ids,
-        token_logprobs=logprobs,
-        token_entropies=entropies,
-        finish_reason="stop" if decoded.stopped[row] else "length",
+        token_ids=row.token_ids,
+        token_logprobs=row.logprobs,
+        token_entropies=row.entropies,
+        finish_reason=row.finish_reason,
         hidden_state=hidden,
+        confidence=p.confidence,
+        samples=p.samples,
+        sample_confidence=p.sample_confidence,
         meta=meta,
     )
-
-
-def _step_logits(logits: tuple[torch.Tensor, ...] | None, ids: list[int], row: int) -> torch.Tensor | None:
-    """One row's raw logits at each of its answer tokens, ``[tokens, vocab]``."""
-    if logits is None or not ids:
-        return None
-    return torch.stack([logits[t][row] for t in range(len(ids))]).float()
-
-
-def _logprobs_and_entropies(step_logits: torch.Tensor | None, ids: list[int]) -> tuple[list[float], list[float]]:
-    """Log-prob of each chosen token and the entropy of its distribution, from raw logits."""
-    if step_logits is None:
-        return [], []
-    logp = torch.log_softmax(step_logits, dim=-1)
-    chosen = logp.gather(1, torch.tensor(ids, device=logp.device)[:, None]).squeeze(1)
-    probs = logp.exp()
-    # p·log p is 0 where p underflows to 0; without the where, 0 · -inf would give NaN.
-    entropy = -torch.where(probs > 0, probs * logp, torch.zeros_like(logp)).sum(dim=-1)
-    return chosen.cpu().tolist(), entropy.cpu().tolist()
 
 
 def _decode_text(lm: LoadedModel, ids: list[int]) -> str:
@@ -487,26 +340,6 @@ def _decode_text(lm: LoadedModel, ids: list[int]) -> str:
     for stop in answer_stop_strings(lm):
         text = text.split(stop, 1)[0]
     return text.strip()
-
-
-def _run_hooks(lm: LoadedModel, decoded: _Decoded,
-               hooks: tuple[GenerationHook, ...]) -> Iterator[tuple[GenerationHook, list[float]]]:
-    if not hooks:
-        return
-    cache = decoded.past_key_values
-    cached = cache_length(cache)
-    state = DecodeState(
-        sequences=decoded.sequences, prompt_length=decoded.prompt_length,
-        attention_mask=decoded.attention_mask, response_lengths=decoded.response_lengths,
-        past_key_values=cache, last_hidden=decoded.last_hidden,
-    )
-    rows = decoded.sequences.shape[0]
-    for hook in hooks:
-        values = [float(v) for v in hook.on_batch_end(lm, state)]
-        if len(values) != rows:
-            raise RuntimeError(f"hook {hook.name!r} returned {len(values)} values for {rows} rows")
-        crop_cache(cache, cached)  # the next hook sees the cache generate left
-        yield hook, values
 
 
 def model_hooks(lm: LoadedModel) -> list[GenerationHook]:

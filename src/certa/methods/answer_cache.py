@@ -25,7 +25,7 @@ import torch
 from ..errors import InputError
 from ..models import end_token_ids
 from ..models.adapters import adapter_state
-from ..models.tensors import cache_length, crop_cache, left_pad, positions_from_mask
+from ..models.tensors import cache_length, cache_parameter, crop_cache, left_pad, positions_from_mask, output_cache
 from ..prompts import question_prompt
 from ..records import Record
 
@@ -76,7 +76,7 @@ def encode_answers(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                     use_cache=True, output_hidden_states=hidden, logits_to_keep=1)
     last = torch.tensor([r[-1] for _, r in pairs], device=device)
-    return AnswerCache(out.past_key_values, mask, last, out.hidden_states[-1][:, -1] if hidden else None)
+    return AnswerCache(output_cache(out), mask, last, out.hidden_states[-1][:, -1] if hidden else None)
 
 
 def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequence[int]] | None = None, *,
@@ -105,7 +105,7 @@ def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequen
     try:
         with adapter_state(model, adapter_enabled, adapter_name):
             return model(input_ids=ids, attention_mask=torch.cat([cache.mask.long(), fed], dim=-1),
-                         position_ids=positions, past_key_values=cache.past_key_values, use_cache=True,
+                         position_ids=positions, use_cache=True, **{cache_parameter(model): cache.past_key_values},
                          output_hidden_states=hidden)
     finally:
         crop_cache(cache.past_key_values, before)

@@ -48,3 +48,26 @@ def crop_cache(cache: Any, length: int | None) -> None:
     if length is None or now is None or now <= length or not hasattr(cache, "crop"):
         return
     cache.crop(-(now - length))  # a negative count removes that many slots (transformers 4 and 5)
+
+
+def cache_parameter(model: torch.nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` from transformers 5.24, else ``past_key_values``.
+
+    Read from the forward's signature rather than the version number, because a
+    4.x ``forward(**kwargs)`` would silently swallow ``cache=`` and decode without it.
+    """
+    import inspect
+
+    inner = getattr(model, "module", model)  # a DDP-style wrapper (accelerate)
+    base = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward or ``generate`` returned, under whichever name this transformers uses."""
+    fields = getattr(type(output), "__dataclass_fields__", {})
+    return output.cache if "cache" in fields else output.past_key_values

@@ -82,32 +82,15 @@ def offline_confidence(lm: LoadedModel, records: Sequence[Record], *, readout: R
 # ---------------------------------------------------------------- generation hook
 
 
-def decode_state_cache(state: Any) -> AnswerCache:
-    """The read-out's view of a generation's ``DecodeState``: its KV cache, with each row's last token unfed.
-
-    The cache covers every column but the last. A row that used all T steps
-    has its last token in that final, unfed column. A row that finished early
-    has its last token inside the cache, computed without the adapter: mask
-    that slot and re-feed the token at the fresh slot (its position id is
-    still the count of real tokens before it).
-    """
-    sequences, mask = state.sequences, state.attention_mask
-    cache_len = sequences.shape[1] - 1
-    cache_mask = mask[:, :cache_len].clone()
-    lengths = torch.tensor(state.response_lengths, device=sequences.device)
-    last_col = state.prompt_length + lengths - 1
-    rows = torch.arange(sequences.shape[0], device=sequences.device)
-    inside = last_col < cache_len
-    cache_mask[rows[inside], last_col[inside]] = 0
-    return AnswerCache(state.past_key_values, cache_mask, sequences[rows, last_col], state.last_hidden)
-
-
 class GraceHook:
-    """Generation hook: reads GrACE's confidence from the decoding state, with no re-encoding.
+    """Generation hook: reads GrACE's confidence from the finished answers' KV cache, with no re-encoding.
 
-    Generation calls it after each batch (``certa.generate`` does so on its own
-    for a GrACE artifact); the confidences land in ``Generation.confidence["grace"]``
-    (and ``sample_confidence["grace"]`` for samples), tagged with the artifact that read them.
+    Generation calls it on groups of finished rows (``certa.generate`` does so on
+    its own for a GrACE artifact) with a :class:`certa.decoding.FinishedBatch`:
+    ``batch.cache`` is an :class:`AnswerCache` over prompt + answer minus its last
+    token, exactly what :func:`offline_confidence` encodes, so both read the same
+    number. The confidences land in ``Generation.confidence["grace"]`` (and
+    ``sample_confidence["grace"]`` for samples), tagged with the artifact that read them.
     """
 
     name = "grace"
@@ -116,13 +99,14 @@ class GraceHook:
         self.readout = readout
         self.calibrate = calibrate
 
-    def on_batch_end(self, lm: LoadedModel, state: Any) -> list[float]:
+    def on_finished(self, lm: LoadedModel, batch: Any) -> list[float]:
         cnf_id = cnf_token_id(lm.tokenizer)
         readout = self.readout or (lm.artifact or {}).get("method_info", {}).get("readout", "step")
+        cache: AnswerCache = batch.cache
         with torch.no_grad():
             if readout == "free":
-                conf = free_readout(lm.model, state.last_hidden, cnf_id, adapter_name=lm.adapter)
-            else:  # extend() leaves generate's cache as it found it
-                conf = readout_step(lm.model, decode_state_cache(state), cnf_id, adapter_name=lm.adapter)
+                conf = free_readout(lm.model, cache.last_hidden, cnf_id, adapter_name=lm.adapter)
+            else:  # extend() leaves the cache as it found it
+                conf = readout_step(lm.model, cache, cnf_id, adapter_name=lm.adapter)
         values = conf.float().cpu().numpy().astype(float)
         return (self.calibrate(values) if self.calibrate else values).tolist()
