@@ -64,7 +64,16 @@ CHECKS = {
         from pathlib import Path
         assert (Path(sys.executable).parent / "ruff").exists()
     """,
+    "vllm": """
+        import vllm
+        from certa.vllm_engine import require_vllm
+        require_vllm()
+    """,
 }
+
+#: Extras whose install pulls a CUDA build of torch (gigabytes): checked on a GPU box by
+#: benchmarks/vllm_check.sh, never installed by this test.
+GPU_ONLY = {"vllm"}
 
 
 def _extras() -> list[str]:
@@ -92,7 +101,7 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @installs
-@pytest.mark.parametrize("extra", ["", *sorted(CHECKS.keys() - {""})])
+@pytest.mark.parametrize("extra", ["", *sorted(CHECKS.keys() - {""} - GPU_ONLY)])
 def test_the_extra_installs_alone_and_works(extra, wheel, tmp_path):
     uv = _uv()
     venv = tmp_path / "venv"
