@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import subprocess
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -29,3 +31,20 @@ def timed(run: Callable[[], T]) -> tuple[float, float, T]:
     wall, cpu = time.perf_counter(), time.process_time()
     result = run()
     return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+async def wait_healthy(client, process: subprocess.Popen, timeout: float) -> None:
+    """Poll a server's ``/health`` until it answers 200; exit naming the cause if it dies or times out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the server process exited during start-up")
+        try:
+            if (await client.get("/health")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.5)
+    raise SystemExit(f"the server was not healthy after {timeout:.0f} s")

@@ -28,6 +28,7 @@ import sys
 import time
 
 import httpx
+from common import wait_healthy  # benchmarks/common.py, beside this script
 
 HOST = "127.0.0.1"  # never anything but loopback
 QUESTIONS = ["What is {a} + {b}?", "Name a colour that starts with {c}.", "Is {a} bigger than {b}?",
@@ -63,20 +64,6 @@ def run_server(args: argparse.Namespace) -> None:
 
     serve(args.model, host=HOST, port=args.serve_on, model_name="bench",
           settings=ServerSettings(max_batch=args.max_batch, max_queue=2 * args.clients), log_level="warning")
-
-
-async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the server process exited during start-up")
-        try:
-            if (await client.get("/health")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.5)
-    raise SystemExit(f"the server was not healthy after {timeout:.0f} s")
 
 
 async def one_request(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[float, str | None]:

@@ -41,6 +41,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import httpx
+from common import wait_healthy  # benchmarks/common.py, beside this script
 
 HOST = "127.0.0.1"  # never anything but loopback
 MODEL = "soak"
@@ -176,20 +177,6 @@ async def one(kind: str, client: httpx.AsyncClient, rng: random.Random, tally: T
         tally.ok[kind] += 1
         if not kind.startswith("drop"):
             tally.latency[kind].append(time.perf_counter() - start)
-
-
-async def wait_healthy(client: httpx.AsyncClient, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit("the server exited during start-up")
-        try:
-            if (await client.get("/health")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.5)
-    raise SystemExit(f"the server was not healthy after {timeout:.0f} s")
 
 
 async def soak(args: argparse.Namespace, port: int, server: subprocess.Popen) -> tuple[Tally, dict[str, Sample]]:

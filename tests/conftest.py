@@ -28,3 +28,26 @@ def tiny_lm(tiny_model_dir):
     from certa.models import load_model
 
     return load_model(str(tiny_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def varied_lm(tiny_model_dir, tmp_path_factory):
+    """The tiny model with larger random weights (answers of varied lengths, some ending early)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from certa.models import load_model
+
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0, 0.3, generator=gen)
+        model.get_input_embeddings().weight[tokenizer.eos_token_id] *= 2
+    path = tmp_path_factory.mktemp("varied-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(str(path), device="cpu")

@@ -23,22 +23,8 @@ MAX_NEW = 16
 
 
 @pytest.fixture(scope="module")
-def lm(tiny_model_dir, tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(1)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0, 0.3, generator=gen)
-        model.get_input_embeddings().weight[tokenizer.eos_token_id] *= 2
-    path = tmp_path_factory.mktemp("varied-model")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return load_model(str(path), device="cpu")
+def lm(varied_lm):
+    return varied_lm
 
 
 @pytest.fixture(scope="module")
