@@ -195,9 +195,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
 
 
 def _scheduler(engine: Engine, limits: ServerSettings) -> Scheduler:
-    """The engine's own scheduler when it has one (continuous batching), else micro-batches."""
+    """The engine's own scheduler (continuous batching) when it has one and the settings ask for it
+    (the default), else micro-batches."""
     make = getattr(engine, "make_scheduler", None)
-    if callable(make):
+    if callable(make) and limits.scheduler == "continuous":
         return make(limits)
     return MicroBatcher(engine.complete, max_queue=limits.max_queue, max_batch=limits.max_batch,
                         batch_wait_ms=limits.batch_wait_ms)
