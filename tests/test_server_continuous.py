@@ -174,7 +174,7 @@ def test_a_short_request_overtakes_a_long_one_already_decoding(lm):
         await _until(lambda: scheduler.decoder.running == 1)                 # the long answer is decoding
         short = asyncio.create_task(scheduler.submit(_request(lm, "Hi", 2)))
         short.add_done_callback(lambda _: finished.append("short"))
-        await _until(lambda: scheduler.queued == 0 and scheduler.running == 2)
+        await _until(lambda: scheduler.queued + scheduler.running == 2)      # submitted
         gate.release()
         results = await asyncio.gather(long, short)
         await scheduler.stop()
@@ -225,9 +225,9 @@ def test_cancelled_request_leaves_the_batch(lm):
         gate.release(3)
         await _until(lambda: gate.taken == 3 and scheduler.decoder.running == 1)
         long.cancel()                                    # the caller went away (a client that hung up)
-        await _until(lambda: scheduler.running == 0)
-        gate.release(2)
-        await _until(lambda: scheduler.decoder.idle)
+        await _until(lambda: all(job.cancelled for job in scheduler._jobs.values()))
+        gate.release(1)                                  # the next step drops its row
+        await _until(lambda: scheduler.running == 0 and scheduler.decoder.idle)
         taken = gate.taken
         gate.release()
         after = await scheduler.submit(_request(lm, "Hi", 2))   # the loop goes on
@@ -236,8 +236,28 @@ def test_cancelled_request_leaves_the_batch(lm):
 
     long, taken, after = asyncio.run(scenario())
     assert long.cancelled()
-    assert taken <= 5 < LONG            # the row left at the step after the cancel, not after LONG steps
+    assert taken == 4 < LONG            # the row left at the step after the cancel, not after LONG steps
     assert after.choices[0].finish_reason == "length"
+
+
+def test_a_client_that_hangs_up_frees_its_rows(lm):
+    app = create_app(_engine(lm), max_batch=2)
+    with serving(app) as url:
+        scheduler = app.state.scheduler
+        gate = Gate(scheduler.decoder)
+        with pytest.raises(httpx.ReadTimeout):      # the client gives up and closes the connection
+            with httpx.Client(timeout=httpx.Timeout(TIMEOUT, read=1.0)) as http:
+                gate.release(2)
+                http.post(f"{url}/v1/chat/completions", json={
+                    "model": "tiny", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                    "max_tokens": LONG})
+        _wait(lambda: scheduler._jobs and all(job.cancelled for job in scheduler._jobs.values()))  # noticed
+        gate.release()
+        _wait(lambda: scheduler.running == 0 and scheduler.decoder.idle)
+        assert gate.taken < LONG / 2                 # its row left the batch, not after LONG steps
+        reply = client(url).chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=2)
+    assert reply.choices[0].finish_reason == "length"
 
 
 def test_stop_fails_pending_requests(lm):
@@ -286,9 +306,22 @@ def test_full_queue_is_a_429(lm):
     assert [r.json()["usage"]["completion_tokens"] for r in replies] == [50, 3]
 
 
-def test_settings_choose_the_scheduler():
-    assert ServerSettings().scheduler == "continuous"
-    assert ServerSettings(scheduler="micro").scheduler == "micro"
+def test_certa_serve_scheduler_option(monkeypatch, capsys):
+    import sys
+
+    import certa.cli.serve as serve_cli
+    from certa import cli
+
+    seen = []
+    monkeypatch.setattr(serve_cli, "run_server", lambda *args, settings, **kwargs: seen.append(settings))
+    for argv in (["serve"], ["serve", "--scheduler", "micro", "--max-batch", "4"]):
+        monkeypatch.setattr(sys, "argv", ["certa", *argv])
+        cli.main()
+    assert [(s.scheduler, s.max_batch) for s in seen] == [("continuous", 16), ("micro", 4)]
+    monkeypatch.setattr(sys, "argv", ["certa", "serve", "--scheduler", "fifo"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 2 and "--scheduler must be 'continuous' or 'micro'" in capsys.readouterr().err
     with pytest.raises(ValueError):
         ServerSettings(scheduler="fifo")
 
