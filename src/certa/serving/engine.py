@@ -189,7 +189,7 @@ class ConfidenceEngine:
     ``method`` must be usable without fitting: a training-free baseline
     (``sequence_likelihood``, ``mean_entropy``, ``p_true``…) or the method of a
     trained GrACE / ConfTuner artifact loaded as ``lm``. Not thread-safe: the
-    server calls ``complete`` from one worker thread.
+    server calls ``complete`` (or runs its decode loop) from one worker thread.
 
     Decoding happens in :meth:`decode` (rows in, one ``Generation`` per row out; the micro-batcher's
     path through :meth:`complete`) or in the continuous-batching loop of :meth:`make_scheduler`, which
