@@ -91,6 +91,8 @@ def test_unknown_model_is_openais_404():
 
 
 # ---- the tiny model -------------------------------------------------------------------------------
+# The tests that count generate() calls run the micro-batcher (scheduler="micro"), whose batches go through
+# generate(); the continuous decode loop is checked against it in test_server_continuous.py.
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,7 @@ def _seq_likelihood(logprobs):
 
 
 def test_n_samples_are_one_batch_each_with_its_own_confidence(tiny, generate_calls):
-    with serving(create_app(tiny)) as url:
+    with serving(create_app(tiny, scheduler="micro")) as url:
         reply = client(url).chat.completions.create(model="tiny", messages=QUESTION, n=4, temperature=1.0,
                                                     max_tokens=6, logprobs=True)
     assert generate_calls == [(4, generate_calls[0][1])]           # one generate call, the 4 rows together
@@ -151,7 +153,7 @@ def test_n_samples_are_one_batch_each_with_its_own_confidence(tiny, generate_cal
 
 def test_seeded_sampling_is_reproducible_even_in_a_busy_batch(tiny):
     engine_requests = dict(model="tiny", messages=QUESTION, n=3, temperature=0.9, top_p=0.95, max_tokens=6)
-    with serving(create_app(tiny, max_batch=8, batch_wait_ms=150)) as url:
+    with serving(create_app(tiny, scheduler="micro", max_batch=8, batch_wait_ms=150)) as url:
         api = client(url)
         alone = api.chat.completions.create(seed=1234, **engine_requests)
         with ThreadPoolExecutor(6) as pool:      # the same seeded request again, batched with unseeded neighbours
@@ -168,7 +170,7 @@ def test_seeded_sampling_is_reproducible_even_in_a_busy_batch(tiny):
 
 
 def test_temperature_zero_n_gives_the_greedy_answer_generated_once(tiny, generate_calls):
-    with serving(create_app(tiny)) as url:
+    with serving(create_app(tiny, scheduler="micro")) as url:
         api = client(url)
         greedy = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6)   # temperature absent
         three = api.chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6, n=3, temperature=0)
@@ -182,7 +184,7 @@ def test_temperature_zero_n_gives_the_greedy_answer_generated_once(tiny, generat
 
 
 def test_n_without_temperature_samples_at_openais_default(tiny, generate_calls):
-    with serving(create_app(tiny)) as url:
+    with serving(create_app(tiny, scheduler="micro")) as url:
         reply = client(url).chat.completions.create(model="tiny", messages=QUESTION, max_tokens=6, n=3)
     assert generate_calls[0][0] == 3 and generate_calls[0][1]["temperature"] == 1.0
     assert len({c.message.content for c in reply.choices}) > 1

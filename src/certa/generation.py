@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .models import LoadedModel
 
-__all__ = ["DEFAULTS", "RAW_PROMPT_KEY", "FinishedBatch", "GenerationHook", "GenerationSettings",
+__all__ = ["DEFAULTS", "RAW_PROMPT_KEY", "AnswerRow", "FinishedBatch", "GenerationHook", "GenerationSettings",
            "added_token_ids", "generate", "model_hooks"]
 
 
@@ -300,6 +300,45 @@ def _complete(lm: LoadedModel, pending: dict[int, _Pending], row: FinishedRow, c
         return []
     del pending[index]
     return [_to_generation(lm, p, s)]
+
+
+# --- one answer at a time (a server's requests, each queued on its own) ------------------------
+
+
+class AnswerRow:
+    """One example's answer as a single decoder row, built and read back exactly as :func:`generate` does.
+
+    For a caller that runs its own :class:`certa.decoding.Decoder` (a server adding requests as they
+    arrive): :attr:`request` is the row ``generate(lm, [example], ...)`` would queue for the answer
+    (same prompt, same seed derivation, ``keep_cache`` when there are hooks), and :meth:`generation`
+    turns the finished row and its hooks' values (:func:`certa.decoding.run_hooks`) into the same
+    ``Generation``. ``temperature == 0`` decodes greedily; above 0 the answer is sampled
+    (``generate``'s ``sample_answer=True``), seeded from ``seed`` and the example's id.
+    """
+
+    def __init__(self, lm: LoadedModel, example: Example, *, key: Any, max_new_tokens: int = DEFAULTS.max_new_tokens,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 hooks: Sequence[GenerationHook] = (), hidden_states: bool = False, token_stats: bool = False):
+        sampled = temperature > 0
+        self._settings = _Settings(max_new_tokens, 0, temperature if sampled else DEFAULTS.temperature, hidden_states,
+                                   tuple(hooks), seed, token_stats, top_p, sampled)
+        _check_arguments([example], self._settings, 1)
+        self.example = example
+        prompt = _prompt_text(lm, example)
+        self._item = _Item(example, prompt, lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        self.request = _requests(0, self._item, self._settings)[0]
+        self.request.key = key
+
+    @property
+    def hooks(self) -> tuple[GenerationHook, ...]:
+        return self._settings.hooks
+
+    def generation(self, lm: LoadedModel, row: FinishedRow, confidence: dict[str, float] | None = None,
+                   hook_seconds: float = 0.0) -> Generation:
+        """The ``Generation`` of the finished row (``confidence``: the hooks' value for it, by hook name)."""
+        pending = _Pending(self._item, left=0, greedy=row, confidence=dict(confidence or {}),
+                           seconds={"answer": row.seconds, "confidence": hook_seconds})
+        return _to_generation(lm, pending, self._settings)
 
 
 # --- turning decoded rows into records ------------------------------------------------------

@@ -27,6 +27,7 @@ def serve(
     port: Annotated[int, typer.Option(help="port")] = 8000,
     api_key: Annotated[str | None, typer.Option(help="require this bearer token", envvar="CERTA_API_KEY")] = None,
     model_name: Annotated[str | None, typer.Option(help="the model id clients send (default: --model)")] = None,
+    scheduler: Annotated[str, typer.Option(help=_help("scheduler"))] = _DEFAULTS.scheduler,
     max_batch: Annotated[int, typer.Option(help=_help("max_batch"))] = _DEFAULTS.max_batch,
     batch_wait_ms: Annotated[float, typer.Option(help=_help("batch_wait_ms"))] = _DEFAULTS.batch_wait_ms,
     max_queue: Annotated[int, typer.Option(help=_help("max_queue"))] = _DEFAULTS.max_queue,
@@ -44,7 +45,12 @@ def serve(
     """Serve an OpenAI-compatible API whose every choice carries a confidence."""
     if engine != "hf":
         _vllm_serving(engine)
-    settings = ServerSettings(max_batch=max_batch, batch_wait_ms=batch_wait_ms, max_queue=max_queue)
+    if scheduler not in ("continuous", "micro"):
+        from ..errors import InputError
+
+        raise InputError(f"--scheduler must be 'continuous' or 'micro', got {scheduler!r}")
+    settings = ServerSettings(scheduler=scheduler, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                              max_queue=max_queue)
     run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
                abstain_target_error=abstain_target_error, calibration=str(calibration) if calibration else None,
                calibration_column=calibration_column, abstain_delta=abstain_delta,

@@ -10,6 +10,7 @@ raw confidence (:class:`~certa.serving.abstention.Abstention`), record the choic
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -195,9 +196,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
 
 
 def _scheduler(engine: Engine, limits: ServerSettings) -> Scheduler:
-    """The engine's own scheduler when it has one (continuous batching), else micro-batches."""
+    """The engine's own scheduler (continuous batching) when it has one and the settings ask for it
+    (the default), else micro-batches."""
     make = getattr(engine, "make_scheduler", None)
-    if callable(make):
+    if callable(make) and limits.scheduler == "continuous":
         return make(limits)
     return MicroBatcher(engine.complete, max_queue=limits.max_queue, max_batch=limits.max_batch,
                         batch_wait_ms=limits.batch_wait_ms)
@@ -229,13 +231,32 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
                         n=body.n, stop=tuple(body.stops), question=question,
                         temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed)
     try:
-        return await request.app.state.scheduler.submit(job)
+        return await _unless_disconnected(request, request.app.state.scheduler.submit(job))
     except QueueFullError as exc:
         raise APIError(429, f"{exc}; retry later", type="rate_limit_error", code="queue_full") from None
     except ShuttingDownError as exc:
         raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
     except CertaError as exc:
         raise APIError(400, str(exc)) from None
+
+
+DISCONNECT_POLL_S = 0.25
+"""How often a waiting request checks that its client is still connected."""
+
+
+async def _unless_disconnected(request: Request, waiting: Any) -> EngineResult:
+    """Await ``waiting``; if the client hangs up first, cancel it (the scheduler drops the request's rows)."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "the client closed the request", code="client_closed_request")
+    finally:
+        task.cancel()  # a no-op once it is done; otherwise (this handler cancelled) the request goes too
 
 
 async def _decide_and_record(request: Request, reply: Reply, result: EngineResult, question: str) -> list[Decided]:

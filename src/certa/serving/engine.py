@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import CertaError
-from ..generation import RAW_PROMPT_KEY, generate
+from ..generation import RAW_PROMPT_KEY, AnswerRow, generate
 from ..methods.base import Needs, get_method
 from ..models import end_token_ids, render_chat
 from ..records import Example, Record
@@ -25,6 +25,8 @@ from ..records import Example, Record
 if TYPE_CHECKING:
     from ..models import LoadedModel
     from ..records import Generation
+    from .batcher import Scheduler
+    from .settings import ServerSettings
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,9 @@ class Engine(Protocol):
 
     Scheduling is the server's unless the engine brings its own: an engine with a
     ``make_scheduler(settings) -> Scheduler`` method (see :mod:`certa.serving.batcher`) is driven
-    through it instead of the micro-batcher, which is the seam a continuous-batching engine uses
-    (requests join the running decode loop instead of waiting for a batch to drain).
+    through it instead of the micro-batcher (unless ``ServerSettings.scheduler`` is ``"micro"``), which is
+    the seam a continuous-batching engine uses (requests join the running decode loop instead of waiting
+    for a batch to drain).
     """
 
     model_name: str
@@ -186,11 +189,12 @@ class ConfidenceEngine:
     ``method`` must be usable without fitting: a training-free baseline
     (``sequence_likelihood``, ``mean_entropy``, ``p_true``…) or the method of a
     trained GrACE / ConfTuner artifact loaded as ``lm``. Not thread-safe: the
-    server calls ``complete`` from one worker thread.
+    server calls ``complete`` (or runs its decode loop) from one worker thread.
 
-    Decoding happens in :meth:`decode` (rows in, one ``Generation`` per row out); everything after it
-    (stop strings, scoring, choices) works row by row. A continuous-batching decoder with
-    per-row temperature / top-p / seed replaces :meth:`decode`'s grouping with one call.
+    Decoding happens in :meth:`decode` (rows in, one ``Generation`` per row out; the micro-batcher's
+    path through :meth:`complete`) or in the continuous-batching loop of :meth:`make_scheduler`, which
+    decodes :meth:`answer_rows` as requests arrive; both hand their generations to :meth:`results`
+    (stop strings, scoring, choices), so the two paths answer alike.
     """
 
     def __init__(self, lm: LoadedModel, method: str = "sequence_likelihood", *, model_name: str | None = None):
@@ -230,8 +234,31 @@ class ConfidenceEngine:
         return [float(c) for c in self.method(list(records))]
 
     def complete(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
+        return self.results(requests, self.decode(decode_rows(requests)))
+
+    def make_scheduler(self, settings: ServerSettings) -> Scheduler:
+        """The continuous-batching decode loop (:class:`~certa.serving.continuous.ContinuousScheduler`):
+        a request's rows join the running batch at the next decoding step."""
+        from .continuous import ContinuousScheduler
+
+        return ContinuousScheduler(self, max_rows=settings.max_batch, max_queue=settings.max_queue)
+
+    def answer_rows(self, request: EngineRequest, key: Any) -> list[AnswerRow]:
+        """The decoder rows of one request (keys ``(key, choice)``), each as :meth:`decode` would decode it:
+        greedy rows unseeded, a seeded request's choices seeded as in a call of their own, the others from
+        a fresh random seed."""
+        seed = 0 if request.greedy else request.seed if request.seed is not None else secrets.randbits(32)
+        tag = "choice" if not request.greedy and request.seed is not None else "row"
+        return [AnswerRow(self.lm, Example(id=f"{tag}-{row.choice}", question=row.question, answers=[""],
+                                           meta={RAW_PROMPT_KEY: row.prompt}),
+                          key=(key, row.choice), max_new_tokens=row.max_new_tokens, temperature=row.temperature,
+                          top_p=row.top_p, seed=seed, hooks=self._hooks)
+                for row in decode_rows([request])]
+
+    def results(self, requests: Sequence[EngineRequest], generations: Sequence[Generation]) -> list[EngineResult]:
+        """The answers to ``requests`` from their decoded rows (one generation per :func:`decode_rows` row, in
+        order): stop strings applied, the method's confidence, the choices (a greedy answer repeated ``n`` times)."""
         rows = decode_rows(requests)
-        generations = self.decode(rows)
         for gen, row in zip(generations, rows, strict=True):
             self._apply_stop(gen, requests[row.request].stop)
         examples = [Example(id=f"row-{k}", question=row.question, answers=[""]) for k, row in enumerate(rows)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -11,8 +13,11 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_queue: int = Field(256, ge=1, description="queued requests before answering 429")
-    max_batch: int = Field(16, ge=1, description="requests decoded together")
-    batch_wait_ms: float = Field(10.0, ge=0, description="how long a batch waits to fill")
+    scheduler: Literal["continuous", "micro"] = Field(
+        "continuous", description="continuous: a request joins the running decode loop at the next step; "
+        "micro: requests are collected into batches that each decode to the end")
+    max_batch: int = Field(16, ge=1, description="requests decoded together (continuous: answer rows in flight)")
+    batch_wait_ms: float = Field(10.0, ge=0, description="how long a micro-batch waits to fill")
     max_prompt_tokens: int = Field(2048, ge=1, description="longest prompt accepted, in tokens")
     max_new_tokens_limit: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request gives none")
