@@ -178,7 +178,7 @@ def test_cascade_and_self_correct_run_from_the_cli(capsys, tmp_path, tiny_model_
 
 def _scores_file(path, conf, correct):
     write_jsonl(path, [{"id": f"q{i}", "correct": float(y), "scores": {"m": float(c)}}
-                       for i, (c, y) in enumerate(zip(conf, correct))])
+                       for i, (c, y) in enumerate(zip(conf, correct, strict=True))])
     return path
 
 

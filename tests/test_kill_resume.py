@@ -112,7 +112,7 @@ def test_generate_killed_anywhere_resumes_to_the_uninterrupted_records(tmp_path,
     killed_at = []
     for _ in range(KILLS + 1):     # killed repeatedly, each time a random number of records further on
         target = lines_in(partial) + rng.randint(1, 4)
-        if kill_when(generate_cmd(tiny_model_dir, questions, out), lambda: lines_in(partial) >= target):
+        if kill_when(generate_cmd(tiny_model_dir, questions, out), lambda target=target: lines_in(partial) >= target):
             killed_at.append(lines_in(partial))
     if not out.exists():
         run_to_end(generate_cmd(tiny_model_dir, questions, out))
@@ -143,7 +143,7 @@ def test_score_killed_anywhere_leaves_no_output_or_the_complete_one(tmp_path, ti
         out = tmp_path / f"scores{run}.jsonl"
         delay = rng.uniform(0.3, 0.95) * duration
         began = time.monotonic()
-        kill_when(score_cmd(out), lambda: time.monotonic() - began >= delay)
+        kill_when(score_cmd(out), lambda began=began, delay=delay: time.monotonic() - began >= delay)
         assert not out.exists() or out.read_bytes() == reference.read_bytes()   # never a torn file
         run_to_end(score_cmd(out))
         assert out.read_bytes() == reference.read_bytes()

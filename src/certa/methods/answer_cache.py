@@ -25,7 +25,14 @@ import torch
 from ..errors import InputError
 from ..models import end_token_ids
 from ..models.adapters import adapter_state
-from ..models.tensors import cache_length, cache_parameter, crop_cache, left_pad, positions_from_mask, output_cache
+from ..models.tensors import (
+    cache_length,
+    cache_parameter,
+    crop_cache,
+    left_pad,
+    output_cache,
+    positions_from_mask,
+)
 from ..prompts import question_prompt
 from ..records import Record
 
