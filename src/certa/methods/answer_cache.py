@@ -148,41 +148,52 @@ class PrefixStore:
 
     Which answers are kept is decided by :meth:`plan` alone — the planned answers,
     in the planned order, while they fit in ``max_gb``; the others are encoded at
-    each step, with their batch. A kept answer is encoded on its own, never padded
-    beside others, so its slots are the same whichever step first needs it: a run
-    resumed from a checkpoint computes exactly what the uninterrupted run did.
+    each step, with their batch. Kept answers are encoded in fixed groups of
+    ``group_size`` answers of similar length, also decided by the plan: the first
+    time a step needs one, its whole group is encoded together. So an answer's
+    slots are the same whichever step first needs it (a run resumed from a
+    checkpoint computes exactly what the uninterrupted run did), and the encoding
+    still runs in batches (one answer at a time was about 4x slower on a CPU).
     """
+
+    group_size = 16
 
     def __init__(self, max_gb: float):
         self.max_bytes = int(max_gb * 1024 ** 3)
         self.used = 0
         self._planned: dict[str, int] = {}          # key -> encoded length, in plan order
         self._kept: set[str] | None = None          # decided at the first encoding (bytes per token known)
+        self._group: dict[str, list[str]] = {}      # kept key -> the kept keys encoded with it
+        self._pairs: dict[str, tuple[Sequence[int], Sequence[int]]] = {}
         self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def plan(self, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
         """Declare answers that training will read (training items first, then held-out ones)."""
-        for key, (prompt, response) in zip(keys, pairs, strict=True):
-            self._planned.setdefault(key, len(prompt) + len(response) - 1)
+        for key, pair in zip(keys, pairs, strict=True):
+            self._planned.setdefault(key, len(pair[0]) + len(pair[1]) - 1)
+            self._pairs.setdefault(key, pair)
         self._kept = None
 
     def cache(self, model: torch.nn.Module, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
               pad_id: int) -> AnswerCache:
         """The batch's :class:`AnswerCache` (base model), from stored slots where there are any."""
         missing = [i for i, key in enumerate(keys) if key not in self._slots]
-        kept = self._kept_keys(model, pad_id, keys[missing[0]], pairs[missing[0]]) if missing else set()
+        kept = self._kept_keys(model, pad_id, pairs[missing[0]]) if missing else set()
         encoded: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for i in missing:
             if keys[i] in kept and keys[i] not in self._slots:
-                self._store(keys[i], _slots(encode_answers(model, [pairs[i]], pad_id))[0])
+                group = self._group[keys[i]]
+                for key, slots in zip(group, _slots(encode_answers(model, [self._pairs[k] for k in group], pad_id)),
+                                      strict=True):
+                    self._store(key, slots)
         fresh = [i for i in missing if keys[i] not in self._slots]
         if fresh:
             encoded = dict(zip(fresh, _slots(encode_answers(model, [pairs[i] for i in fresh], pad_id)), strict=True))
         rows = [encoded.get(i) or self._slots[key] for i, key in enumerate(keys)]
         return _assemble(rows, [pair[1][-1] for pair in pairs], next(model.parameters()).device)
 
-    def _kept_keys(self, model: torch.nn.Module, pad_id: int, probe_key: str,
-                   probe: tuple[Sequence[int], Sequence[int]]) -> set[str]:
+    def _kept_keys(self, model: torch.nn.Module, pad_id: int, probe: tuple[Sequence[int], Sequence[int]]
+                   ) -> set[str]:
         """The planned answers that fit, measuring the bytes per token on one answer encoded alone."""
         if self._kept is None:
             self._kept = set()
@@ -197,13 +208,20 @@ class PrefixStore:
                         break      # a prefix of the plan: the choice is the same in every run
                     self._kept.add(key)
                     budget -= length * per_token
-                if probe_key in self._kept:
-                    self._store(probe_key, slots)
+                self._group = _groups(self._kept, self._planned, self.group_size)
         return self._kept
 
     def _store(self, key: str, slots: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         self._slots[key] = slots
         self.used += _size(slots)
+
+
+def _groups(kept: set[str], lengths: dict[str, int], size: int) -> dict[str, list[str]]:
+    """Each kept key's encoding group: consecutive runs of ``size`` keys ordered by (length, key), so a
+    group pads little and depends on the plan alone."""
+    ordered = sorted(kept, key=lambda key: (lengths[key], key))
+    groups = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    return {key: group for group in groups for key in group}
 
 
 def _slots(cache: AnswerCache) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
