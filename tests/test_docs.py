@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_every_method_has_a_page_in_the_same_shape_and_in_the_navigation():
         text = page.read_text(encoding="utf-8")
         assert [line[3:] for line in text.splitlines() if line.startswith("## ")] == list(hook.SECTIONS), name
         assert f"<!-- certa-method-cost {name} -->" in text and f"<!-- certa-method-knobs {name} -->" in text
-        assert f"<!-- RESULTS:{name} " in text, f"{name}: no marked line for its measured numbers"
+        assert f"<!-- certa-method-results {name} -->" in text, f"{name}: no marker for its measured numbers"
         assert f": methods/{name}.md\n" in nav, f"{name} is not in mkdocs.yml's nav"
     rendered = hook.on_page_markdown("<!-- certa-method-knobs grace -->\n<!-- certa-method-cost p_true -->", page=None)
     assert "| `token_lr` (`--token-lr`) |" in rendered and "&lt;CNF&gt;" in rendered   # no raw <CNF> tag
@@ -88,3 +89,19 @@ def test_mkdocs_build_strict(tmp_path):
     assert "RunConfig" in api["study"] and "self_correct" in api["uses"]
     grace = (tmp_path / "site" / "methods" / "grace" / "index.html").read_text(encoding="utf-8")
     assert "certa-method-" not in grace and "token_lr" in grace   # the markers were filled
+
+
+def test_method_pages_show_the_studys_numbers_for_that_method(tmp_path):
+    hook = _hook("method_pages")
+    block = {"n": 10, "accuracy": {"value": 0.4, "ci": [0.1, 0.7]},
+             "methods": {"grace": {"ece": {"value": 0.05, "ci": [0.01, 0.1]}, "brier": {"value": 0.2, "ci": None},
+                                   "auroc": {"value": 0.81, "ci": [0.7, 0.9]}}}}
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps({**block, "n": 20, "extra": {"by_dataset": {"capitals": block}}}))
+    table = hook.results("grace", path)
+    assert "| pooled | 20 | 0.400 [0.100, 0.700] | 0.050 [0.010, 0.100] | 0.200 | 0.810 [0.700, 0.900] |" in table
+    assert "| capitals | 10 |" in table
+    assert "was not among the methods" in hook.results("p_true", path)
+    assert "No study results" in hook.results("grace", tmp_path / "absent.json")
+    page = hook.on_page_markdown("x\n<!-- certa-method-results grace -->\n", page=None)
+    assert "<!--" not in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +62,9 @@ def test_study_evaluates_every_method_pooled_and_per_dataset(study, study_config
     assert study.evaluation.n == sum(res.n for res in study.by_dataset.values())
     metrics = json.loads((study.out / "metrics.json").read_text())
     assert set(metrics["extra"]["by_dataset"]) == {"a", "b"}  # a file's stem names its outputs
+    # The write-up's figures directory holds the same metrics, for the docs' method pages.
+    published = Path(study_config.publish.markdown).parent / "results" / "metrics.json"
+    assert json.loads(published.read_text()) == metrics
 
 
 def test_cross_domain_covers_every_learned_method_and_pair(study, study_config):

@@ -5,7 +5,9 @@ are replaced at build time, so cost, evidence and settings cannot drift from the
 
 - ``<!-- certa-method-cost NAME -->``: what the method costs and which evidence it needs, how to call it;
 - ``<!-- certa-method-knobs NAME -->``: its settings — a trained method's config fields (the options of
-  ``certa train NAME``), otherwise the keyword arguments of its class (``get_method(NAME, key=value)``).
+  ``certa train NAME``), otherwise the keyword arguments of its class (``get_method(NAME, key=value)``);
+- ``<!-- certa-method-results NAME -->``: its held-out ECE, Brier and AUROC with 95% intervals, pooled and
+  per dataset, from the study behind RESULTS.md (``docs/results/metrics.json``, written by ``make results-cpu``).
 
 Every page has the same five sections (``SECTIONS``); ``tests/test_docs.py`` checks that each
 registered method has a page in that shape and in the site's navigation.
@@ -14,15 +16,19 @@ registered method has a page in that shape and in the site's navigation.
 from __future__ import annotations
 
 import inspect
+import json
 import re
+from pathlib import Path
 from typing import Any
 
 SECTIONS = ("What it is", "What it costs", "When to use it", "Knobs", "Measured numbers")
-_MARKER = re.compile(r"<!-- certa-method-(cost|knobs) ([a-z_]+) -->")
+_MARKER = re.compile(r"<!-- certa-method-(cost|knobs|results) ([a-z_]+) -->")
+STUDY_METRICS = Path(__file__).resolve().parents[1] / "results" / "metrics.json"
 
 
 def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
-    return _MARKER.sub(lambda m: (cost if m.group(1) == "cost" else knobs)(m.group(2)), markdown)
+    render = {"cost": cost, "knobs": knobs, "results": results}
+    return _MARKER.sub(lambda m: render[m.group(1)](m.group(2)), markdown)
 
 
 def cost(name: str) -> str:
@@ -69,3 +75,29 @@ def knobs(name: str) -> str:
 
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def results(name: str, path: Path = STUDY_METRICS) -> str:
+    """The method's held-out metrics in the study behind RESULTS.md, pooled then per dataset."""
+    if not path.is_file():
+        return "No study results in this checkout (`make results-cpu` writes them).\n"
+    study = json.loads(path.read_text(encoding="utf-8"))
+    rows = [("pooled", study)] + sorted((study.get("extra") or {}).get("by_dataset", {}).items())
+    lines = ["| test answers | n | accuracy | ECE ↓ | Brier ↓ | AUROC ↑ |", "|---|---|---|---|---|---|"]
+    for label, block in rows:
+        metrics = (block.get("methods") or {}).get(name)
+        if metrics:
+            lines.append(f"| {label} | {block.get('n')} | {_estimate(block.get('accuracy'))} | "
+                         + " | ".join(_estimate(metrics.get(k)) for k in ("ece", "brier", "auroc")) + " |")
+    if len(lines) == 2:
+        return f"`{name}` was not among the methods of the last study ([RESULTS.md](../RESULTS.md)).\n"
+    return "\n".join(["On the default model (SmolLM2-135M-Instruct), 95% bootstrap intervals; the whole study "
+                      "and its setting: [RESULTS.md](../RESULTS.md).", "", *lines, ""])
+
+
+def _estimate(entry: Any) -> str:
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "—"
+    low, high = entry.get("ci") or (None, None)
+    interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return f"{entry['value']:.3f}{interval}"

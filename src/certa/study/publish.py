@@ -61,6 +61,8 @@ def write_results(config: RunConfig, result: StudyResult) -> Path:
     text = "\n\n".join(s for s in sections if s) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, text)
+    # The method pages of the docs site read their measured numbers from this copy (docs/hooks).
+    _copy(str(Path(config.out) / "metrics.json"), figures / "metrics.json")
     return path
 
 
