@@ -7,13 +7,11 @@ these fast tests catch a data file added to ``src/certa`` but not to ``package-d
 from __future__ import annotations
 
 import importlib.metadata
-import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
-
-from certa import cli
+from cli_run import run_cli  # tests/cli_run.py
 
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
@@ -33,15 +31,6 @@ def test_every_data_file_in_the_package_is_declared_as_package_data():
 
 
 def test_version_option_prints_the_installed_version(capsys):
-    old = sys.argv
-    sys.argv = ["certa", "--version"]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out = capsys.readouterr().out.strip()
+    code, out, _ = run_cli(capsys, "--version")
     assert code == 0
-    assert out == f"certa {importlib.metadata.version('certa')}"
+    assert out.strip() == f"certa {importlib.metadata.version('certa')}"

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from cli_run import run_cli  # tests/cli_run.py
 
-from certa import cli
 from certa.errors import CertaError, InputError
 from certa.generation import generate
 from certa.http import HttpError, Retry
@@ -86,20 +86,6 @@ def test_answers_from_certa_serve_match_local_generation(served, tiny_lm):
         assert r.meta["remote"] == {"base_url": served.split("#")[0][len("openai:"):], "model": "tiny",
                                     "logprobs": bool(text_logprobs), "top_logprobs": 0}
         assert 0 <= r.confidence["sequence_likelihood"] <= 1  # the server's own confidence, kept
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    old = sys.argv
-    sys.argv = ["certa", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    finally:
-        sys.argv = old
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_generates_resumes_and_scores_through_a_server(served, tmp_path, capsys):
