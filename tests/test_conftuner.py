@@ -282,6 +282,29 @@ def test_suffix_mode_keeps_the_base_models_greedy_answers(tiny_lm, trained):
 # ── the read-out ─────────────────────────────────────────────────────────────────────────────
 
 
+def test_an_artifact_reads_its_confidence_while_answering_as_score_reads_it_offline(trained):
+    from certa.generation import generate
+
+    _, lm = trained
+    examples = [Example(id=f"e{i}", question=q, answers=[a], answer_type="numeric")
+                for i, (q, _, a) in enumerate(QUESTIONS[:6])]
+    gens = generate(lm, examples, max_new_tokens=6, batch_size=4, progress=False)
+    assert all(g.meta["confidence_source"]["conftuner"] == lm.artifact_id for g in gens)
+    hooked = np.array([g.confidence["conftuner"] for g in gens])
+    records = [Record.from_generation(g, e, 0.0) for g, e in zip(gens, examples, strict=True)]
+    method = get_method("conftuner", model=lm)
+    offline = method([dataclasses.replace(r, confidence={}) for r in records])
+    np.testing.assert_allclose(hooked, offline, atol=1e-5)
+    assert method.diagnostics()["distinct_levels"] >= 1   # the offline read-out reports its levels
+    # The registered method reuses what generation read (a changed stored value shows through) ...
+    records[0].confidence["conftuner"] = 0.123
+    assert method(records)[0] == 0.123
+    # ... but only from the artifact that read it.
+    records[0].meta["confidence_source"]["conftuner"] = "another-artifact"
+    assert method(records)[0] == pytest.approx(offline[0], abs=1e-5)
+
+
+
 def test_score_is_the_expected_confidence_of_a_forward_with_the_adapter_on_the_suffix(trained):
     _, lm = trained
     records = make_records()[:3]

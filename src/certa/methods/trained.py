@@ -46,6 +46,12 @@ class TrainedMethod(ModelReadoutMethod):
         super().__init__(model, raw=raw, **options)
         self.raw = raw
 
+    def stored_confidences(self, records: Sequence[Record]) -> np.ndarray:
+        """Confidences generation already read with this very artifact (its hook stored them
+        recalibrated), NaN for the rest; all NaN for the raw read-out."""
+        artifact_id = self.model.artifact_id if self.model is not None else None
+        return np.array([np.nan if self.raw else _read_by(r, self.name, artifact_id) for r in records], dtype=float)
+
     def recalibrated(self, confidences: np.ndarray) -> np.ndarray:
         """The artifact's final recalibration applied to raw read-outs (unless ``raw``)."""
         stored = (self.model.artifact or {}).get("recalibration") if self.model is not None else None
@@ -98,3 +104,11 @@ class TrainedMethod(ModelReadoutMethod):
             lm, model=copy.deepcopy(lm.model), tokenizer=copy.deepcopy(lm.tokenizer), adapters={})
         out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
         return train(cls.make_objective(resolved), target, records, resolved, out, resume=resume, progress=progress)
+
+
+def _read_by(record: Record, name: str, artifact_id: str | None) -> float:
+    """A confidence the generation stored for ``name``, if the same artifact read it; else NaN."""
+    source = (record.meta.get("confidence_source") or {}).get(name)
+    if name in record.confidence and artifact_id is not None and source == artifact_id:
+        return float(record.confidence[name])
+    return float("nan")

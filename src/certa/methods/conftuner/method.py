@@ -11,7 +11,7 @@ import numpy as np
 
 from ...records import Record
 from ..base import register
-from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, expected_confidence
+from ..prompting.verbalized import ConfidenceTokens, Style, VerbalHook, confidence_tokens, expected_confidence
 from ..prompting.verbalized import level_probabilities as verbal_levels
 from ..trained import TrainedMethod
 from .config import ConfTunerConfig
@@ -26,16 +26,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def readout_settings(lm: LoadedModel) -> tuple[ConfidenceTokens, Style]:
+    """The level tokens and the suffix style the artifact was trained with."""
+    trained_with = (lm.artifact or {}).get("train_config") or {}
+    return confidence_tokens(lm.tokenizer, trained_with.get("scale")), trained_with.get("prompt", ConfTunerConfig().prompt)
+
+
 def level_probabilities(lm: LoadedModel, records: Sequence[Record], batch_size: int = 16,
                         progress: bool = False) -> tuple[np.ndarray, ConfidenceTokens]:
     """The restricted softmax over the confidence-level tokens for each record, [N, levels], adapter on."""
     info = (lm.artifact or {}).get("method_info", {})
-    trained_with = (lm.artifact or {}).get("train_config") or {}
-    tokens = confidence_tokens(lm.tokenizer, trained_with.get("scale"))
+    tokens, style = readout_settings(lm)
     probs = verbal_levels(lm, records, tokens, adapter_enabled=lm.runs_an_adapter,
-                          adapter_for_answer=bool(info.get("answers_use_adapter")),
-                          style=trained_with.get("prompt", ConfTunerConfig().prompt), batch_size=batch_size,
-                          progress=progress)
+                          adapter_for_answer=bool(info.get("answers_use_adapter")), style=style,
+                          batch_size=batch_size, progress=progress)
     return probs, tokens
 
 
@@ -70,10 +74,24 @@ class ConfTuner(TrainedMethod):
     def make_objective(cls, config: TrainConfig) -> ConfTunerObjective:
         return ConfTunerObjective(cls.resolve_config(config))  # type: ignore[arg-type]
 
+    def generation_hooks(self) -> list[Any]:
+        """A ConfTuner artifact reads its confidence while answering: the cue suffix over the answer's cache."""
+        if self.model is None or self.model.method != METHOD:
+            return []
+        tokens, style = readout_settings(self.model)
+        return [VerbalHook(METHOD, tokens, style=style, adapter_enabled=self.model.runs_an_adapter,
+                           calibrate=self.recalibrated)]
+
     def score(self, records: Sequence[Record]) -> np.ndarray:
-        probs, tokens = level_probabilities(self.model, records, self.batch_size, self.progress)
-        self._diagnostics = level_diagnostics(probs, tokens)
-        return self.recalibrated(expected_confidence(probs, tokens))
+        """Confidences this artifact read during generation are reused; the rest are read offline."""
+        scores = self.stored_confidences(records)
+        todo = np.flatnonzero(np.isnan(scores))
+        if len(todo):
+            probs, tokens = level_probabilities(self.model, [records[i] for i in todo], self.batch_size,
+                                                self.progress)
+            self._diagnostics = level_diagnostics(probs, tokens)
+            scores[todo] = self.recalibrated(expected_confidence(probs, tokens))
+        return scores
 
     def diagnostics(self) -> dict[str, Any]:
         return self._diagnostics

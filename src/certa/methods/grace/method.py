@@ -56,22 +56,13 @@ class Grace(TrainedMethod):
         lm = self.model
         assert lm is not None
         info = (lm.artifact or {}).get("method_info", {})
-        # Generation stores recalibrated confidences, so the raw read-out is always read offline.
-        scores = np.array([np.nan if self.raw else _read_by(r, self.name, lm.artifact_id) for r in records])
+        scores = self.stored_confidences(records)
         todo = np.flatnonzero(np.isnan(scores))
         if len(todo):
             scores[todo] = self.recalibrated(offline_confidence(
                 lm, [records[i] for i in todo], readout=info.get("readout", "step"),
                 adapter_for_answer=bool(info.get("answers_use_adapter", False)), batch_size=self.batch_size))
         return scores
-
-
-def _read_by(record: Record, name: str, artifact_id: str | None) -> float:
-    """A confidence the generation stored for ``name``, if the same artifact read it; else NaN."""
-    source = (record.meta.get("confidence_source") or {}).get(name)
-    if name in record.confidence and artifact_id is not None and source == artifact_id:
-        return float(record.confidence[name])
-    return float("nan")
 
 
 def train_grace(lm: LoadedModel, records: Sequence[Record], config: GraceConfig | dict | None = None,

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -218,6 +218,35 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: Conf
                                         adapter_name=lm.adapter), suffixes)
         out[rows] = restricted_log_softmax(logits, tokens.token_ids).exp().cpu().numpy()
     return out
+
+
+class VerbalHook:
+    """Generation hook: the verbal read-out over each finished answer's KV cache, with no re-encoding.
+
+    The suffix after the answer (``style``) runs over the cache generation left
+    behind (:class:`certa.decoding.FinishedBatch`) — the same computation as
+    :func:`level_probabilities` after :func:`encode_answers`, so both read the
+    same number — and the expected level Σ p_i s_i is returned, through
+    ``calibrate`` when given. ConfTuner's tuned read-out uses it with the adapter
+    on the suffix.
+    """
+
+    def __init__(self, name: str, tokens: ConfidenceTokens, *, style: Style, adapter_enabled: bool,
+                 calibrate: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.name = name
+        self.tokens = tokens
+        self.style = style
+        self.adapter_enabled = adapter_enabled
+        self.calibrate = calibrate
+
+    def on_finished(self, lm: LoadedModel, batch: Any) -> list[float]:
+        suffixes = verbal_suffix_ids(lm, [row.token_ids for row in batch.rows], self.tokens, self.style)
+        with torch.no_grad():  # extend() leaves the cache as it found it, for the next hook
+            logits = read_logits(extend(lm.model, batch.cache, suffixes, adapter_enabled=self.adapter_enabled,
+                                        adapter_name=lm.adapter), suffixes)
+        probs = restricted_log_softmax(logits, self.tokens.token_ids).exp().float().cpu().numpy()
+        values = expected_confidence(probs, self.tokens)
+        return (self.calibrate(values) if self.calibrate else values).tolist()
 
 
 def expected_confidence(probs: np.ndarray, tokens: ConfidenceTokens) -> np.ndarray:
