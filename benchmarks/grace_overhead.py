@@ -1,4 +1,4 @@
-"""GrACE's cost on top of generation: plain generate vs generate + the GrACE hook, in one run.
+"""Read-outs during generation: plain generate vs generate + a confidence hook (GrACE, ConfTuner, verbalized).
 
 Every phase answers the same questions with the same settings (greedy,
 ``max_new_tokens``, batch size) on the same weights, with torch threads
@@ -11,11 +11,15 @@ is compared with plain generation:
 * ``grace-step``     GrACE artifact (LoRA + <CNF> row), answers with the adapter off,
                      plus the read-out step over the KV cache (the default)
 * ``grace-free``     <CNF> row only, read from the state generation already computed
+* ``conftuner-cue``  a ConfTuner adapter's read-out: the ``Confidence:`` cue (a few tokens) over the
+                     KV cache, adapter on, as a ConfTuner artifact reads while answering
+* ``verbalized-follow-up``  the untrained verbalized read-out: the follow-up request (~40 tokens)
+                     over the KV cache
 * ``consistency-5``  plain + 5 sampled answers per question, for contrast
 
-The GrACE head is untrained (fresh LoRA, initial <CNF> row): the read-out's
-cost does not depend on training. Also checks that both GrACE phases give the
-same greedy answers as plain generation.
+The heads are untrained (fresh LoRA, initial <CNF> row): a read-out's cost does
+not depend on training. Also checks that every read-out phase gives the same
+greedy answers as plain generation.
 
     python benchmarks/grace_overhead.py                       # bundled default model
     python benchmarks/grace_overhead.py --count 32 --max-new-tokens 64 --repeats 5
@@ -34,12 +38,13 @@ from common import generation_parser, timed  # benchmarks/common.py, beside this
 from certa.data import load_dataset
 from certa.generation import generate
 from certa.methods.grace import GraceHook, add_cnf_token
+from certa.methods.prompting.verbalized import VerbalHook, confidence_tokens
 from certa.models import LoadedModel, load_model
 from certa.records import Example, Generation
 from certa.training.config import TrainConfig
 from certa.training.trainer import attach_adapter
 
-PHASES = ("plain", "wrapped", "grace-step", "grace-free", "consistency-5")
+PHASES = ("plain", "wrapped", "grace-step", "grace-free", "conftuner-cue", "verbalized-follow-up", "consistency-5")
 
 
 def grace_model(spec: str, device: str | None, *, lora: bool) -> LoadedModel:
@@ -66,6 +71,10 @@ def main() -> None:
     plain = load_model(args.model, device=args.device)
     step = grace_model(args.model, args.device, lora=True)
     free = grace_model(args.model, args.device, lora=False)
+    tuned = load_model(args.model, device=args.device)  # an untrained ConfTuner adapter: LoRA, no new token
+    attach_adapter(tuned, TrainConfig(), [])
+    tuned.model.eval()
+    levels = confidence_tokens(plain.tokenizer)
     examples: list[Example] = load_dataset(args.dataset, split="test", limit=args.count)
     print(f"model {plain.name} on {plain.device} ({plain.dtype}); torch {torch.__version__}; "
           f"threads {torch.get_num_threads()}; {platform.processor() or platform.machine()}")
@@ -78,6 +87,11 @@ def main() -> None:
         with lm.adapter_disabled():  # answers from the base model; the hook switches the adapter on
             return generate(lm, examples, hooks=[GraceHook(readout=readout)], **options)
 
+    def run_conftuner() -> list[Generation]:
+        hook = VerbalHook("conftuner", levels, style="cue", adapter_enabled=True)
+        with tuned.adapter_disabled():  # answers from the base model; the read-out turns the adapter on
+            return generate(tuned, examples, hooks=[hook], **options)
+
     def run_wrapped() -> list[Generation]:
         with step.adapter_disabled():
             return generate(step, examples, **options)
@@ -87,6 +101,10 @@ def main() -> None:
         "wrapped": run_wrapped,
         "grace-step": lambda: run_grace(step, "step"),
         "grace-free": lambda: run_grace(free, "free"),
+        "conftuner-cue": run_conftuner,
+        "verbalized-follow-up": lambda: generate(
+            plain, examples, hooks=[VerbalHook("verbalized", levels, style="follow_up", adapter_enabled=False)],
+            **options),
         "consistency-5": lambda: generate(plain, examples, samples=5, **options),
     }
     phases = {name: every[name] for name in wanted}
@@ -109,7 +127,7 @@ def main() -> None:
     for name in phases:
         c, w = statistics.median(cpu[name]), statistics.median(wall[name])
         print(f"{name:<15}{c:>9.2f}{w:>9.2f}{c / base_cpu:>11.3f}{w / base_wall:>12.3f}")
-    for name in ("wrapped", "grace-step", "grace-free"):
+    for name in ("wrapped", "grace-step", "grace-free", "conftuner-cue", "verbalized-follow-up"):
         if name not in answers:
             continue
         same = answers[name] == answers["plain"]
