@@ -72,6 +72,10 @@ def bundle_artifact(src: str | os.PathLike[str], name: str, *, root: str | os.Pa
         missing = [f for f in bundled.REQUIRED if not (tmp / f).is_file()]
         if missing:
             raise InputError(f"{source}: not a complete artifact (no {missing[0]})")
+        # mkdtemp and the trainer's files are private (0700 / 0600); package data is read by every user.
+        tmp.chmod(0o755)
+        for file in tmp.iterdir():
+            file.chmod(0o644)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     finally:
