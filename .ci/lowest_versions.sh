@@ -50,6 +50,9 @@ for req in project["dependencies"] + [r for e in extras for r in project["option
     m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(\[[^\]]*\])?>=([^,;\s]+)", req.strip())
     if m and m.group(1) != "torch":
         print(f"{m.group(1)}=={m.group(3)}")
+# Binary partners of numpy that come in transitively are held at the floor their dependent allows: the
+# newest pyarrow (via datasets) refuses to import with numpy < 2.
+print("pyarrow==12.0.0")
 PY
 "$UV" pip compile -q --resolution lowest-direct --override "$WORK/override.txt" -c "$WORK/floors.txt" "${links[@]}" \
   $(printf -- '--extra %s ' $EXTRAS) \
