@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from http_reply import send_reply  # tests/http_reply.py
 
 from certa.errors import CertaError
 from certa.http import HttpError, JsonClient, Retry
@@ -39,19 +40,7 @@ def server():
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 script.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
                                     "body": json.loads(body), "at": time.monotonic()})
-                status, headers, payload, delay = script.next()
-                if delay:
-                    time.sleep(delay)
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up waiting (the timeout test)
+                send_reply(self, *script.next())
 
             def log_message(self, *args):
                 pass

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 from cli_run import run_cli  # tests/cli_run.py
+from http_reply import send_reply  # tests/http_reply.py
 
 from certa.errors import CertaError, InputError
 from certa.generation import generate
@@ -151,18 +152,7 @@ class Scripted:
                 self._send(*owner.reply(body))
 
             def _send(self, status, headers, payload, delay):
-                if delay:
-                    time.sleep(delay)
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                send_reply(self, status, headers, payload, delay)
 
             def log_message(self, *args):
                 pass
