@@ -37,7 +37,7 @@ from ...errors import CertaError, InputError
 from ...models import end_token_ids, render_chat
 from ...models.remote import RemoteModel
 from ...records import Record
-from ..answer_cache import answer_ids, encode_answers, extend, read_logits
+from ..answer_cache import AnswerCache, answer_ids, encode_answers, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_log_softmax
 from .remote import remote_verbalized
@@ -212,12 +212,17 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: Conf
         rows = order[start:start + batch_size]
         cache = encode_answers(lm.model, [inputs[i][:2] for i in rows], lm.tokenizer.pad_token_id,
                                adapter_enabled=adapter_for_answer, adapter_name=lm.adapter)
-        suffixes = [inputs[i][2] for i in rows]
-        with torch.no_grad():
-            logits = read_logits(extend(lm.model, cache, suffixes, adapter_enabled=adapter_enabled,
-                                        adapter_name=lm.adapter), suffixes)
-        out[rows] = restricted_log_softmax(logits, tokens.token_ids).exp().cpu().numpy()
+        out[rows] = levels_after(lm, cache, [inputs[i][2] for i in rows], tokens, adapter_enabled=adapter_enabled)
     return out
+
+
+def levels_after(lm: LoadedModel, cache: AnswerCache, suffixes: Sequence[Sequence[int]], tokens: ConfidenceTokens,
+                 *, adapter_enabled: bool) -> np.ndarray:
+    """The restricted softmax over the level tokens after each row's suffix over ``cache``, ``[B, levels]``."""
+    with torch.no_grad():  # extend() leaves the cache as it found it
+        logits = read_logits(extend(lm.model, cache, suffixes, adapter_enabled=adapter_enabled,
+                                    adapter_name=lm.adapter), suffixes)
+    return restricted_log_softmax(logits, tokens.token_ids).exp().float().cpu().numpy()
 
 
 class VerbalHook:
@@ -241,10 +246,7 @@ class VerbalHook:
 
     def on_finished(self, lm: LoadedModel, batch: Any) -> list[float]:
         suffixes = verbal_suffix_ids(lm, [row.token_ids for row in batch.rows], self.tokens, self.style)
-        with torch.no_grad():  # extend() leaves the cache as it found it, for the next hook
-            logits = read_logits(extend(lm.model, batch.cache, suffixes, adapter_enabled=self.adapter_enabled,
-                                        adapter_name=lm.adapter), suffixes)
-        probs = restricted_log_softmax(logits, self.tokens.token_ids).exp().float().cpu().numpy()
+        probs = levels_after(lm, batch.cache, suffixes, self.tokens, adapter_enabled=self.adapter_enabled)
         values = expected_confidence(probs, self.tokens)
         return (self.calibrate(values) if self.calibrate else values).tolist()
 
