@@ -86,6 +86,7 @@ class ConfTuner(TrainedMethod):
         """Confidences this artifact read during generation are reused; the rest are read offline."""
         scores = self.stored_confidences(records)
         todo = np.flatnonzero(np.isnan(scores))
+        self._diagnostics = {}  # the level diagnostics describe this call's offline read-outs only
         if len(todo):
             probs, tokens = level_probabilities(self.model, [records[i] for i in todo], self.batch_size,
                                                 self.progress)
