@@ -273,6 +273,34 @@ def test_full_mode_weighs_the_lm_loss_by_lambda(lively_dir, train_records, tmp_p
     assert all(row["loss"] != pytest.approx(row["calibration"] + row["lm_loss"], rel=1e-3) for row in log)
 
 
+@pytest.mark.parametrize("recalibrate", ["auto", "none", "platt", "beta"])
+def test_held_out_answers_choose_the_stopping_step_and_the_final_map(lively_dir, tmp_path, recalibrate):
+    from certa.recalibration import IDENTITY, choose_map, fit_map
+    from certa.training.validation import split_validation
+
+    lm = _load(lively_dir)
+    records = _yes_no_records(lm, 80)
+    for i, record in enumerate(records):     # a noisy label: the answer says it 3 times in 4
+        if i % 8 in (0, 3):
+            record.correct = 1.0 - record.correct
+    config = GraceConfig(epochs=6, batch_size=8, lr=2e-2, token_lr=5e-2, targets="binary", save_every=1000,
+                         validation_fraction=0.25, eval_every=2, patience=3, recalibrate=recalibrate, seed=1)
+    trained = _load(train_grace(lm, records, config, tmp_path / recalibrate, progress=False))
+    _, held = split_validation(records, config)
+    summary = trained.artifact["validation"]
+    history = {step: brier for step, brier in summary["history"]}
+    raw_held = get_method("grace", model=trained, raw=True)(held)
+    assert summary["answers"] == len(held) == 20 and len(history) >= 3
+    assert summary["best_step"] == min(history, key=history.get)          # the kept state is the best measured
+    assert _brier(raw_held, held) == pytest.approx(history[summary["best_step"]], abs=1e-5)
+    correct = np.array([r.correct for r in held])
+    expected = {"none": IDENTITY, "auto": choose_map(raw_held, correct)[0]}.get(recalibrate) or \
+        fit_map(raw_held, correct, recalibrate, strength=1.0, nonnegative=True)
+    assert trained.artifact["recalibration"]["kind"] == expected.kind
+    np.testing.assert_allclose(get_method("grace", model=trained)(records),
+                               expected(get_method("grace", model=trained, raw=True)(records)), atol=1e-6)
+
+
 # ── defects fixed in issue 12 (each test fails on the code before its fix) ──────────────────
 
 

@@ -14,7 +14,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from certa.errors import CertaError, InputError
 from certa.metrics import ece
-from certa.recalibration import IDENTITY, CalibrationMap, fit_map
+from certa.recalibration import IDENTITY, CalibrationMap, choose_map, fit_map
 from certa.serving.feedback import FeedbackStore
 from certa.serving.recalibration import OnlineRecalibrator
 
@@ -54,18 +54,95 @@ def test_platt_map_minimises_the_cross_entropy_to_soft_labels():
     np.testing.assert_allclose(m(c), expit(best[0] * z + best[1]), atol=1e-3)
 
 
+def _beta_loss(c, y):
+    features = np.column_stack([np.log(c), -np.log1p(-c)])
+
+    def loss(p):
+        q = np.clip(expit(features @ p[:2] + p[2]), 1e-12, 1 - 1e-12)
+        return -np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))
+    return loss
+
+
+def test_beta_map_minimises_the_cross_entropy_with_nonnegative_coefficients():
+    c, y = _overconfident(400, seed=3)
+    c = np.clip(c, 1e-3, 1 - 1e-3)
+    m = fit_map(c, y, "beta")
+    loss = _beta_loss(c, y)
+    best = minimize(loss, x0=[1.0, 1.0, 0.0], method="BFGS", options={"gtol": 1e-10}).x
+    assert best[0] > 0 and best[1] > 0        # the unconstrained optimum is feasible here
+    fitted = np.array([m.params["a"], m.params["b"], m.params["c"]])
+    assert fitted == pytest.approx(best, abs=2e-2) and loss(fitted) == pytest.approx(loss(best), abs=1e-6)
+    assert np.all(np.diff(m(np.linspace(0, 1, 101))) >= 0)
+
+
+def test_beta_fits_each_tail_its_own_slope_where_platt_cannot():
+    """Raw confidences near 0 that are right 12% of the time flatten Platt's single slope; a steep middle
+    (answers below .3 wrong, above .6 right) stays steep under beta. The shape GrACE's read-out has on
+    truncated answers (docs/results-discussion.md)."""
+    rng = np.random.default_rng(4)
+    middle = rng.uniform(0.1, 0.75, 600)
+    tail = np.full(150, 5e-4)
+    c = np.r_[middle, tail]
+    y = np.r_[(rng.random(600) < expit(12 * (middle - 0.45))), rng.random(150) < 0.12].astype(float)
+    platt, beta = fit_map(c, y, "platt"), fit_map(c, y, "beta")
+    assert ece(beta(c), y) < 0.5 * ece(platt(c), y)
+    assert platt.params["a"] < 1.0 and beta.params["b"] > 1.0
+
+
+def test_beta_drops_a_negative_coefficient_and_refits_the_other():
+    rng = np.random.default_rng(5)
+    c = rng.uniform(0.01, 0.99, 500)
+    y = (rng.random(500) < c).astype(float)
+    y[c < 0.1] = 1.0                         # the lowest confidences are all right: ln(c) wants a < 0
+    m = fit_map(c, y, "beta")
+    assert m.params["a"] == 0.0 and m.params["b"] >= 0
+    features = -np.log1p(-c)
+    best = minimize(lambda p: _beta_loss(c, y)(np.array([0.0, p[0], p[1]])), x0=[1.0, 0.0], method="BFGS").x
+    assert (m.params["b"], m.params["c"]) == pytest.approx(tuple(best), abs=2e-2)
+    np.testing.assert_allclose(m(c), expit(best[0] * features + best[1]), atol=5e-3)
+    flat = fit_map(c, 1.0 - c, "beta")       # every direction is wrong: the constant mean grade
+    np.testing.assert_allclose(flat(c), np.mean(1.0 - c), atol=1e-9)
+
+
+def test_choose_map_reports_out_of_fold_brier_scores_and_keeps_a_clear_gain():
+    from sklearn.model_selection import StratifiedKFold
+
+    c, y = _overconfident(400, seed=6)
+    chosen, brier = choose_map(c, y, folds=4, seed=2)
+    for kind in ("platt", "beta"):
+        out = np.empty_like(c)
+        for fit_rows, held in StratifiedKFold(4, shuffle=True, random_state=2).split(c, y >= 0.5):
+            out[held] = fit_map(c[fit_rows], y[fit_rows], kind, strength=1.0, nonnegative=True)(c[held])
+        assert brier[kind] == pytest.approx(np.mean((out - y) ** 2), abs=1e-12)
+    assert brier["identity"] == pytest.approx(np.mean((c - y) ** 2))
+    winner = min(("platt", "beta"), key=brier.get)
+    assert chosen.kind == winner and brier[winner] < 0.9 * brier["identity"]   # over-confident: a map helps
+    np.testing.assert_allclose(chosen(c), fit_map(c, y, winner, strength=1.0, nonnegative=True)(c))
+
+
+def test_choose_map_keeps_calibrated_confidences_as_they_are():
+    rng = np.random.default_rng(7)
+    c = rng.uniform(0.05, 0.95, 300)
+    y = (rng.random(300) < c).astype(float)            # calibrated by construction
+    chosen, brier = choose_map(c, y)
+    assert chosen is IDENTITY and set(brier) == {"identity", "platt", "beta"}
+    assert choose_map(c[:40], np.r_[np.ones(37), np.zeros(3)]) == (IDENTITY, {})   # 3 wrong: too few for 5 folds
+
+
 def test_platt_refuses_labels_of_one_kind_and_isotonic_gives_a_constant():
     c = np.linspace(0, 1, 60)
     with pytest.raises(InputError, match="needs both correct and wrong answers, but all 60 labels are correct"):
         fit_map(c, np.ones(60), "platt")
     np.testing.assert_allclose(fit_map(c, np.ones(60), "isotonic")(c), 1.0)
-    with pytest.raises(CertaError, match="unknown calibration map 'beta'"):
-        fit_map(c, np.ones(60), "beta")
+    with pytest.raises(InputError, match="Beta scaling needs both correct and wrong answers"):
+        fit_map(c, np.zeros(60), "beta")
+    with pytest.raises(CertaError, match="unknown calibration map 'gamma'"):
+        fit_map(c, np.ones(60), "gamma")
 
 
 def test_maps_round_trip_through_json():
     c, y = _overconfident(200)
-    for m in (IDENTITY, fit_map(c, y, "isotonic"), fit_map(c, y, "platt")):
+    for m in (IDENTITY, fit_map(c, y, "isotonic"), fit_map(c, y, "platt"), fit_map(c, y, "beta")):
         again = CalibrationMap.from_dict(json.loads(json.dumps(m.to_dict())))
         np.testing.assert_allclose(again(c), m(c))
         assert again.kind == m.kind and again.n_labels == m.n_labels
@@ -131,7 +208,7 @@ def test_a_skipped_refit_keeps_the_map_and_says_why():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"kind": "beta"}, "unknown calibration map"),
+    ({"kind": "gamma"}, "unknown calibration map"),
     ({"every": 0}, "every must be an integer of at least 1"),
     ({"min_labels": 1}, "min_labels must be an integer of at least 2"),
     ({"max_labels": 10}, "max_labels must be None or an integer of at least min_labels=50"),

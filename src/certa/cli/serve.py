@@ -38,7 +38,7 @@ def serve(
     abstain_threshold: Annotated[float | None, typer.Option(help="withhold answers whose raw confidence is below this (no guarantee)")] = None,
     refusal: Annotated[str, typer.Option(help="the content that replaces a withheld answer")] = DEFAULT_REFUSAL,
     db: Annotated[Path | None, typer.Option(help="SQLite file recording every served answer and the labels sent to /v1/feedback")] = None,
-    recalibrate: Annotated[str | None, typer.Option(help="refit a calibration map on the stored labels: every=N[,min=M][,kind=isotonic|platt][,max=K] (needs --db)")] = None,
+    recalibrate: Annotated[str | None, typer.Option(help="refit a calibration map on the stored labels: every=N[,min=M][,kind=isotonic|platt|beta][,max=K] (needs --db)")] = None,
     store_text: Annotated[bool, typer.Option(help="keep question and answer text in --db (off: ids and confidences only)")] = True,
     engine: Annotated[str, typer.Option(help="hf (transformers) or vllm (needs the 'vllm' extra and a GPU)")] = "hf",
 ) -> None:

@@ -50,7 +50,7 @@ class ServedChoice:
 
 
 def parse_recalibrate(spec: str) -> OnlineRecalibrator:
-    """``--recalibrate every=N[,min=M][,kind=isotonic|platt][,max=K]`` → an :class:`OnlineRecalibrator`.
+    """``--recalibrate every=N[,min=M][,kind=isotonic|platt|beta][,max=K]`` → an :class:`OnlineRecalibrator`.
 
     ``every`` (required): refit after this many new labels; ``min`` (default ``max(every, 50)``):
     never fit on fewer labels; ``kind``: the map (default isotonic); ``max``: fit on the most

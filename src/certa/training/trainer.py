@@ -25,7 +25,7 @@ import torch
 
 from ..errors import InputError, MissingDependencyError
 from ..models.artifact import save_artifact
-from ..recalibration import CalibrationMap, fit_map
+from ..recalibration import IDENTITY, choose_map, fit_map
 from .config import TrainConfig
 from .objective import Objective
 from .validation import EarlyStopping, split_validation, validation_confidences
@@ -108,13 +108,18 @@ def _validation_summary(objective: Objective, lm: LoadedModel, items: Sequence[d
     lm.model.eval()
     raw = validation_confidences(objective, lm, items, config)
     correct = np.array([float(r.correct) for r in records])
-    recalibration = (fit_map(raw, correct, "platt", strength=1.0, nonnegative=True)
-                     if config.recalibrate == "platt" else CalibrationMap("identity"))
+    candidates: dict[str, float] = {}
+    if config.recalibrate == "auto":
+        recalibration, candidates = choose_map(raw, correct, seed=config.seed)
+    elif config.recalibrate == "none":
+        recalibration = IDENTITY
+    else:
+        recalibration = fit_map(raw, correct, config.recalibrate, strength=1.0, nonnegative=True)
     recalibrated = recalibration(raw)
     return {"answers": len(records), "accuracy": float(correct.mean()), "best_step": stopping.best_step,
             "history": stopping.history or [], "brier": float(np.mean((raw - correct) ** 2)),
             "brier_recalibrated": float(np.mean((recalibrated - correct) ** 2)),
-            "recalibration": recalibration.to_dict()}
+            "recalibration_brier_out_of_fold": candidates, "recalibration": recalibration.to_dict()}
 
 
 # ---------------------------------------------------------------- adapter and optimiser

@@ -5,9 +5,11 @@ over-fits after many (it has little data and no regulariser), and the right
 number of steps depends on the data. So a seeded, stratified share of the
 training answers is held out: the read-out's Brier score on it is measured
 every few steps, the best state is kept, and training stops when it has not
-improved for ``patience`` measurements. The same held-out answers then fit a
-two-parameter Platt map of the read-out (:mod:`certa.recalibration`),
-the documented last step that brings its level in line with accuracy.
+improved for ``patience`` measurements. The same held-out answers then choose
+the final map of the read-out (:mod:`certa.recalibration`): by default the one
+of none, Platt and beta with the lowest out-of-fold Brier score. None often
+wins: the losses already target accuracy, and a map fitted on a few hundred
+answers can make a trained read-out worse (measured: docs/grace.md).
 """
 
 from __future__ import annotations
