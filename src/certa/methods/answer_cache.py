@@ -15,8 +15,9 @@ its final token), so one code path serves offline scoring and the generation hoo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,7 @@ import torch
 
 from ..errors import InputError
 from ..models import end_token_ids
-from ..models.adapters import adapter_state
+from ..models.adapters import adapter_state, unwrap
 from ..models.tensors import (
     cache_length,
     cache_parameter,
@@ -79,11 +80,27 @@ def encode_answers(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
     """Encode prompt + response[:-1] of each pair once, without gradients (the base model unless told)."""
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) + list(r[:-1]) for p, r in pairs], pad_id, device)
-    with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name):
+    with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name), _head_input(model, hidden) as seen:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                    use_cache=True, output_hidden_states=hidden, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1)
     last = torch.tensor([r[-1] for _, r in pairs], device=device)
-    return AnswerCache(output_cache(out), mask, last, out.hidden_states[-1][:, -1] if hidden else None)
+    return AnswerCache(output_cache(out), mask, last, seen[-1] if hidden else None)
+
+
+@contextlib.contextmanager
+def _head_input(model: torch.nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
+    """The LM head's input at the last position of each forward in the block, ``[B, H]`` each: the
+    final-layer, post-norm state, at the cost of a reference (``output_hidden_states`` keeps every layer's)."""
+    seen: list[torch.Tensor] = []
+    if not enabled:
+        yield seen
+        return
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0][:, -1, :].detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
 
 
 def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequence[int]] | None = None, *,
@@ -138,13 +155,16 @@ def content_key(prompt: Sequence[int], response: Sequence[int]) -> str:
 
 
 class PrefixStore:
-    """Training answers' encoded prompt + answer[:-1], computed once and reused every epoch.
+    """Answers' encoded prompt + answer[:-1], computed once and reused (every training epoch, every read-out).
 
     In suffix mode the adapter runs only after the answer, so the base model's
     encoding of a training answer never changes while training: encoding it
     again at every step would spend most of the step on work already done. The
     store keeps each answer's KV slots on the CPU and assembles a batch's cache
-    by left padding.
+    by left padding. Scoring shares one store per adapter state between the
+    read-outs of a scoring pass (:mod:`certa.methods.shared_encodings`), which
+    encode with the adapter state given here and keep each answer's last hidden
+    state too (``hidden``).
 
     Which answers are kept is decided by :meth:`plan` alone — the planned answers,
     in the planned order, while they fit in ``max_gb``; the others are encoded at
@@ -158,62 +178,93 @@ class PrefixStore:
 
     group_size = 16
 
-    def __init__(self, max_gb: float):
+    def __init__(self, max_gb: float, *, adapter_enabled: bool = False, adapter_name: str | None = None,
+                 hidden: bool = False):
         self.max_bytes = int(max_gb * 1024 ** 3)
+        self.adapter_enabled = adapter_enabled
+        self.adapter_name = adapter_name
+        self.hidden = hidden
         self.used = 0
+        #: Bytes the kept answers take once all are encoded (``used`` plus what is planned but not yet encoded).
+        self.reserved = 0
+        #: Answers encoded so far (kept groups and batches' others alike).
+        self.encoded = 0
         self._planned: dict[str, int] = {}          # key -> encoded length, in plan order
         self._kept: set[str] | None = None          # decided at the first encoding (bytes per token known)
         self._group: dict[str, list[str]] = {}      # kept key -> the kept keys encoded with it
         self._pairs: dict[str, tuple[Sequence[int], Sequence[int]]] = {}
         self._slots: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._hidden: dict[str, torch.Tensor] = {}  # key -> last hidden state [H] (``hidden`` stores only)
 
     def plan(self, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
-        """Declare answers that training will read (training items first, then held-out ones)."""
+        """Declare answers that will be read (training items first, then held-out ones)."""
         for key, pair in zip(keys, pairs, strict=True):
             self._planned.setdefault(key, len(pair[0]) + len(pair[1]) - 1)
             self._pairs.setdefault(key, pair)
         self._kept = None
 
+    def __contains__(self, key: object) -> bool:
+        """Whether the answer with this key is encoded and kept."""
+        return key in self._slots
+
     def cache(self, model: torch.nn.Module, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]],
               pad_id: int) -> AnswerCache:
-        """The batch's :class:`AnswerCache` (base model), from stored slots where there are any."""
+        """The batch's :class:`AnswerCache`, from stored slots where there are any (``last_hidden`` set when
+        the store keeps hidden states)."""
         missing = [i for i, key in enumerate(keys) if key not in self._slots]
         kept = self._kept_keys(model, pad_id, pairs[missing[0]]) if missing else set()
-        encoded: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         for i in missing:
             if keys[i] in kept and keys[i] not in self._slots:
                 group = self._group[keys[i]]
-                for key, slots in zip(group, _slots(encode_answers(model, [self._pairs[k] for k in group], pad_id)),
-                                      strict=True):
-                    self._store(key, slots)
+                for key, row in zip(group, self._encode(model, [self._pairs[k] for k in group], pad_id), strict=True):
+                    self._store(key, row)
         fresh = [i for i in missing if keys[i] not in self._slots]
-        if fresh:
-            encoded = dict(zip(fresh, _slots(encode_answers(model, [pairs[i] for i in fresh], pad_id)), strict=True))
-        rows = [encoded.get(i) or self._slots[key] for i, key in enumerate(keys)]
-        return _assemble(rows, [pair[1][-1] for pair in pairs], next(model.parameters()).device)
+        encoded = dict(zip(fresh, self._encode(model, [pairs[i] for i in fresh], pad_id), strict=True)) if fresh else {}
+        rows = [encoded[i] if i in encoded else (self._slots[key], self._hidden.get(key))
+                for i, key in enumerate(keys)]
+        return _assemble([slots for slots, _ in rows], [pair[1][-1] for pair in pairs],
+                         next(model.parameters()).device, [state for _, state in rows] if self.hidden else None)
+
+    def _encode(self, model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int
+                ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]]:
+        """Each pair's (KV slots, last hidden state or None), encoded together in this store's adapter state."""
+        cache = encode_answers(model, pairs, pad_id, adapter_enabled=self.adapter_enabled,
+                               adapter_name=self.adapter_name, hidden=self.hidden)
+        self.encoded += len(pairs)
+        states = ([state.cpu().clone() for state in cache.last_hidden] if cache.last_hidden is not None
+                  else [None] * len(pairs))
+        return list(zip(_slots(cache), states, strict=True))
 
     def _kept_keys(self, model: torch.nn.Module, pad_id: int, probe: tuple[Sequence[int], Sequence[int]]
                    ) -> set[str]:
-        """The planned answers that fit, measuring the bytes per token on one answer encoded alone."""
+        """The planned answers that fit, measuring the bytes per token on one token of ``probe`` encoded alone
+        (a KV slot has the same size at every position)."""
         if self._kept is None:
             self._kept = set()
+            budget = self.max_bytes - self.used
             if self.max_bytes > 0 and self._planned:
-                slots = _slots(encode_answers(model, [probe], pad_id))[0]
-                per_token = _size(slots) / max(1, slots[0][0].shape[1])
-                budget = self.max_bytes - self.used
+                token = (list(probe[0]) + list(probe[1]))[:1]
+                cache = encode_answers(model, [(token, token)], pad_id, hidden=self.hidden)
+                per_token = _size(_slots(cache)[0])
+                per_answer = 0 if cache.last_hidden is None else _tensor_size(cache.last_hidden[0])
                 for key, length in self._planned.items():
                     if key in self._slots:
                         continue
-                    if length * per_token > budget:
+                    if length * per_token + per_answer > budget:
                         break      # a prefix of the plan: the choice is the same in every run
                     self._kept.add(key)
-                    budget -= length * per_token
+                    budget -= length * per_token + per_answer
                 self._group = _groups(self._kept, self._planned, self.group_size)
+            self.reserved = self.max_bytes - budget if self._kept else self.used
         return self._kept
 
-    def _store(self, key: str, slots: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _store(self, key: str, row: tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]) -> None:
+        slots, state = row
         self._slots[key] = slots
         self.used += _size(slots)
+        if state is not None:
+            self._hidden[key] = state
+            self.used += _tensor_size(state)
 
 
 def _groups(kept: set[str], lengths: dict[str, int], size: int) -> dict[str, list[str]]:
@@ -232,13 +283,18 @@ def _slots(cache: AnswerCache) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
              for k, v in layers] for row, n in enumerate(lengths)]
 
 
+def _tensor_size(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def _size(slots: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> int:
-    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in slots)
+    return sum(_tensor_size(k) + _tensor_size(v) for k, v in slots)
 
 
 def _assemble(rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], last_tokens: Sequence[int],
-              device: torch.device) -> AnswerCache:
-    """Left-pad per-answer KV slots into one batch cache with its mask."""
+              device: torch.device, hidden: Sequence[torch.Tensor | None] | None = None) -> AnswerCache:
+    """Left-pad per-answer KV slots into one batch cache with its mask (and the rows' last hidden states,
+    when every row has one)."""
     from transformers import DynamicCache
 
     lengths = [row[0][0].shape[1] for row in rows]
@@ -253,4 +309,6 @@ def _assemble(rows: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], last_
             values.append(torch.nn.functional.pad(v, pad))
         cache.update(torch.stack(keys).to(device), torch.stack(values).to(device), layer)
     mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
-    return AnswerCache(cache, mask, torch.tensor(list(last_tokens), device=device))
+    states = (torch.stack(list(hidden)).to(device)  # type: ignore[arg-type]
+              if hidden is not None and all(state is not None for state in hidden) else None)
+    return AnswerCache(cache, mask, torch.tensor(list(last_tokens), device=device), states)

@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import CertaError
 from ..records import Record
 from .base import MethodSpec, get_method
+from .shared_encodings import DEFAULT_GB, shared_answer_encodings
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
@@ -49,23 +50,33 @@ def score_methods(
     fit_records: Sequence[Record] = (),
     models: Mapping[str, LoadedModel] | None = None,
     default_model: LoadedModel | None = None,
+    shared_encodings_gb: float = DEFAULT_GB,
 ) -> dict[str, MethodScores]:
     """Fit (when needed) and score every method; ``models`` maps a method's base name to its own model
-    (a trained method's artifact view), ``default_model`` serves the rest."""
+    (a trained method's artifact view), ``default_model`` serves the rest.
+
+    The methods run one after another on the same records, so the read-outs that
+    extend prompt + answer (GrACE, ConfTuner, verbalized) share one encoding of each
+    answer, kept on the CPU within ``shared_encodings_gb`` (0: each encodes its own);
+    the first of them to run pays for the encoding (:mod:`certa.methods.shared_encodings`).
+    """
     models = models or {}
     results: dict[str, MethodScores] = {}
-    for name in methods:
-        spec = MethodSpec.parse(name)
-        method = get_method(name, model=models.get(spec.base, default_model))
-        start = time.perf_counter()
-        if method.requires_fit:
-            if not fit_records:
-                raise CertaError(f"method {name!r} must be fitted, but no training records were given")
-            method.fit(fit_records)
-        fitted = time.perf_counter()
-        scores = method(records)
-        seconds = time.perf_counter() - fitted
-        results[name] = MethodScores(name, scores, seconds, method.cost, dict(method.diagnostics()),
-                                     fitted - start, method.needs.labels())
-        log.info("scored %s in %.1fs", name, seconds)
+    fitting = any(MethodSpec.parse(name).requires_fit for name in methods)
+    planned = [*records, *(fit_records if fitting else ())]
+    with shared_answer_encodings([default_model, *models.values()], planned, max_gb=shared_encodings_gb):
+        for name in methods:
+            spec = MethodSpec.parse(name)
+            method = get_method(name, model=models.get(spec.base, default_model))
+            start = time.perf_counter()
+            if method.requires_fit:
+                if not fit_records:
+                    raise CertaError(f"method {name!r} must be fitted, but no training records were given")
+                method.fit(fit_records)
+            fitted = time.perf_counter()
+            scores = method(records)
+            seconds = time.perf_counter() - fitted
+            results[name] = MethodScores(name, scores, seconds, method.cost, dict(method.diagnostics()),
+                                         fitted - start, method.needs.labels())
+            log.info("scored %s in %.1fs", name, seconds)
     return results

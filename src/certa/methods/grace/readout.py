@@ -19,7 +19,8 @@ import torch
 from ...errors import CertaError
 from ...models.adapters import adapter_state, unwrap
 from ...records import Record
-from ..answer_cache import AnswerCache, answer_ids, encode_answers, extend
+from ..answer_cache import AnswerCache, answer_ids, extend
+from ..shared_encodings import encode_or_reuse
 from .config import Readout
 
 if TYPE_CHECKING:
@@ -70,9 +71,8 @@ def offline_confidence(lm: LoadedModel, records: Sequence[Record], *, readout: R
                 hidden = torch.tensor([r.hidden_state for r in chunk], device=lm.device)
                 conf = free_readout(lm.model, hidden, cnf_id, adapter_name=lm.adapter)
             else:
-                cache = encode_answers(lm.model, [answer_ids(lm, r) for r in chunk], lm.tokenizer.pad_token_id,
-                                       adapter_enabled=adapter_for_answer, adapter_name=lm.adapter,
-                                       hidden=readout == "free")
+                cache = encode_or_reuse(lm, [answer_ids(lm, r) for r in chunk], hidden=readout == "free",
+                                        adapter_enabled=adapter_for_answer, adapter_name=lm.adapter)
                 conf = (free_readout(lm.model, cache.last_hidden, cnf_id, adapter_name=lm.adapter)
                         if readout == "free" else readout_step(lm.model, cache, cnf_id, adapter_name=lm.adapter))
         out.append(conf.cpu().numpy())

@@ -37,9 +37,10 @@ from ...errors import CertaError, InputError
 from ...models import end_token_ids, render_chat
 from ...models.remote import RemoteModel
 from ...records import Record
-from ..answer_cache import AnswerCache, answer_ids, encode_answers, extend, read_logits
+from ..answer_cache import AnswerCache, answer_ids, extend, read_logits
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_log_softmax
+from ..shared_encodings import encode_or_reuse
 from .remote import remote_verbalized
 
 if TYPE_CHECKING:
@@ -201,17 +202,18 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: Conf
     """The restricted softmax over the level tokens after each record's verbal suffix, ``[N, levels]``.
 
     Prompt and answer are encoded once with the base model (or with the adapter,
-    ``adapter_for_answer``, for a model trained over its answers); the suffix
-    runs with ``lm``'s adapter when ``adapter_enabled``. Batches group answers
-    of similar length; rows come back in input order.
+    ``adapter_for_answer``, for a model trained over its answers), or taken from
+    the encodings a scoring pass shares (:mod:`certa.methods.shared_encodings`);
+    the suffix runs with ``lm``'s adapter when ``adapter_enabled``. Batches
+    group answers of similar length; rows come back in input order.
     """
     inputs = verbal_inputs(lm, records, tokens, style)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i][0]) + len(inputs[i][1]))
     out = np.empty((len(inputs), len(tokens.token_ids)))
     for start in tqdm(range(0, len(order), batch_size), desc="scoring", unit="batch", disable=not progress):
         rows = order[start:start + batch_size]
-        cache = encode_answers(lm.model, [inputs[i][:2] for i in rows], lm.tokenizer.pad_token_id,
-                               adapter_enabled=adapter_for_answer, adapter_name=lm.adapter)
+        cache = encode_or_reuse(lm, [inputs[i][:2] for i in rows], adapter_enabled=adapter_for_answer,
+                                adapter_name=lm.adapter)
         out[rows] = levels_after(lm, cache, [inputs[i][2] for i in rows], tokens, adapter_enabled=adapter_enabled)
     return out
 
