@@ -56,6 +56,20 @@ def test_the_card_is_yaml_front_matter_that_says_what_the_artifact_is():
     assert "| graded answers | 400 |" in body
     assert "| `lora_r` | 8 |" in body
     assert "No held-out evaluation recorded yet" in body
+    assert "Early stopping kept step 60; Brier score on the held-out training answers 0.1875; no recalibration map." \
+        in body
+
+
+@pytest.mark.parametrize("recalibrate, kind, says", [
+    ("auto", "identity", "no recalibration map (neither Platt nor beta lowered their out-of-fold Brier score "
+                         "clearly)."),
+    ("none", "identity", "no recalibration map (recalibrate: none)."),
+    ("auto", "beta", "after the fitted beta map 0.17."),
+])
+def test_the_card_says_which_final_map_training_chose(recalibrate, kind, says):
+    info = {**INFO, "train_config": {**INFO["train_config"], "recalibrate": recalibrate},
+            "recalibration": {"kind": kind, "params": {}}}
+    assert f"held-out training answers 0.1875; {says}" in model_card(info)
 
 
 def test_a_base_model_certa_does_not_ship_is_named_as_given_with_an_unknown_license():

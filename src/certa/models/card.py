@@ -267,9 +267,13 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
                   "`certa.models.add_evaluation_to_card(path, metrics)`."]
     val = info.get("validation") or {}
     if val.get("brier") is not None:
+        kind = (info.get("recalibration") or {}).get("kind", "identity")
+        why = {"auto": " (neither Platt nor beta lowered their out-of-fold Brier score clearly)",
+               "none": " (recalibrate: none)"}.get((info.get("train_config") or {}).get("recalibrate"), "")
+        mapped = (f"no recalibration map{why}" if kind == "identity"
+                  else f"after the fitted {kind} map {_round(val.get('brier_recalibrated'))}")
         lines += ["", f"Early stopping kept step {val.get('best_step')}; Brier score on the held-out training "
-                      f"answers {_round(val.get('brier'))} (after the fitted recalibration "
-                      f"{_round(val.get('brier_recalibrated'))})."]
+                      f"answers {_round(val.get('brier'))}; {mapped}."]
     versions = info.get("versions") or {}
     lines += ["", "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded",
               "", "## License", "",
