@@ -190,6 +190,13 @@ def test_the_model_forward_runs_where_rows_cannot_be_read_apart(lm, monkeypatch)
                 self.module = module
 
         assert trained_rows(Wrapper(lm.model)) is None
+        layer = lm.model.get_base_model().get_input_embeddings().token_adapter
+        layer.merge(adapter_names=["first"])  # as an export does: the row is in the base weights now
+        try:
+            assert trained_rows(lm.model) is None
+        finally:
+            layer.unmerge()
+        assert trained_rows(lm.model) is not None
     assert trained_rows(lm.model.get_base_model()) is None  # not a PEFT model
 
 

@@ -85,8 +85,9 @@ class TrainedRows:
 
 def forward_logits(model: torch.nn.Module, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
     """``model(input_ids=input_ids, **kwargs).logits`` in the adapter state already set, through the trained
-    token rows when :func:`trained_rows` can read them apart (no merged matrix); ``kwargs`` as the causal
-    LM's forward takes them (``attention_mask``, ``position_ids``, the cache, ``use_cache``)."""
+    token rows when :func:`trained_rows` can read them apart (no merged matrix). ``kwargs`` go to the decoder
+    stack as the causal LM's forward passes them (``attention_mask``, ``position_ids``, the cache,
+    ``use_cache``); logits come for every position (no ``logits_to_keep``, no ``labels``)."""
     rows = trained_rows(model)
     if rows is None:
         return model(input_ids=input_ids, **kwargs).logits
