@@ -34,6 +34,7 @@ from ..models.tensors import (
     output_cache,
     positions_from_mask,
 )
+from ..models.token_rows import forward_logits
 from ..prompts import question_prompt
 from ..records import Record
 
@@ -113,6 +114,30 @@ def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequen
     ``no_grad`` (training). The cache is cropped back afterwards, so several
     read-outs can extend the same cache one after another.
     """
+    ids, mask, positions = _suffix_inputs(cache, suffixes)
+    with _restored(cache), adapter_state(model, adapter_enabled, adapter_name):
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                     **{cache_parameter(model): cache.past_key_values}, output_hidden_states=hidden)
+
+
+def step_logits(model: torch.nn.Module, cache: AnswerCache, *, adapter_name: str | None = None) -> torch.Tensor:
+    """Logits ``[B, V]`` one step after the cache, each row's last answer token fed, adapter on.
+
+    An adapter with trainable token rows (GrACE's ``<CNF>``) reads through
+    :func:`certa.models.token_rows.forward_logits`: the same numbers as :func:`extend`'s,
+    without PEFT's per-forward copy of the embedding matrix.
+    """
+    ids, mask, positions = _suffix_inputs(cache, None)
+    with _restored(cache), adapter_state(model, True, adapter_name):
+        logits = forward_logits(model, ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                **{cache_parameter(model): cache.past_key_values})
+    return logits[:, 0]
+
+
+def _suffix_inputs(cache: AnswerCache, suffixes: Sequence[Sequence[int]] | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask over cache + fed slots, position ids) of each row's last answer token plus
+    its right-padded suffix."""
     rows = cache.last_tokens.shape[0]
     suffixes = [list(s) for s in suffixes] if suffixes is not None else [[] for _ in range(rows)]
     width = 1 + max(len(s) for s in suffixes)
@@ -125,12 +150,15 @@ def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequen
         fed[i, :len(row)] = 1
     start = cache.mask.long().sum(-1, keepdim=True)
     positions = start + torch.arange(width, device=device)[None, :]
+    return ids, torch.cat([cache.mask.long(), fed], dim=-1), positions
+
+
+@contextlib.contextmanager
+def _restored(cache: AnswerCache) -> Iterator[None]:
+    """Crop the cache back to its length before the block (the block's forward appends slots to it)."""
     before = cache_length(cache.past_key_values)
     try:
-        with adapter_state(model, adapter_enabled, adapter_name):
-            return model(input_ids=ids, attention_mask=torch.cat([cache.mask.long(), fed], dim=-1),
-                         position_ids=positions, use_cache=True, **{cache_parameter(model): cache.past_key_values},
-                         output_hidden_states=hidden)
+        yield
     finally:
         crop_cache(cache.past_key_values, before)
 

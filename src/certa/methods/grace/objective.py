@@ -9,6 +9,7 @@ import torch
 
 from ...errors import InputError
 from ...models.tensors import left_pad, positions_from_mask
+from ...models.token_rows import forward_logits
 from ...records import Record
 from ...training.losses import grace_calibration_loss, response_lm_loss
 from ...training.targets import soft_targets
@@ -107,8 +108,9 @@ class GraceObjective:
             return free_readout(lm.model, batch["hidden"], cnf_id), None
         if self.config.mode == "full":
             mask = batch["attention_mask"]
-            out = lm.model(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions_from_mask(mask))
-            return out.logits[:, -1].float().softmax(-1)[:, cnf_id], out.logits
+            logits = forward_logits(lm.model, batch["input_ids"], attention_mask=mask,
+                                    position_ids=positions_from_mask(mask))
+            return logits[:, -1].float().softmax(-1)[:, cnf_id], logits
         cache = self.prefixes.cache(lm.model, batch["keys"], batch["pairs"], lm.tokenizer.pad_token_id)
         return readout_step(lm.model, cache, cnf_id), None
 

@@ -18,8 +18,9 @@ import torch
 
 from ...errors import CertaError
 from ...models.adapters import adapter_state, unwrap
+from ...models.token_rows import trained_rows
 from ...records import Record
-from ..answer_cache import AnswerCache, answer_ids, extend
+from ..answer_cache import AnswerCache, answer_ids, step_logits
 from ..shared_encodings import encode_or_reuse
 from .config import Readout
 
@@ -44,18 +45,22 @@ def readout_step(model: torch.nn.Module, cache: AnswerCache, cnf_id: int, *,
                  adapter_name: str | None = None) -> torch.Tensor:
     """GrACE's read-out: c = P(<CNF> next) after feeding each row's last answer token, adapter on.
 
-    Gradients flow when called outside ``no_grad`` (training); the cache is left as it was.
+    Gradients flow when called outside ``no_grad`` (training); the cache is left as it was. The trained
+    ``<CNF>`` rows enter without PEFT's merged embedding matrix (:func:`certa.models.token_rows.trained_rows`).
     """
-    out = extend(model, cache, adapter_name=adapter_name)
-    return out.logits[:, 0].float().softmax(-1)[:, cnf_id]
+    return step_logits(model, cache, adapter_name=adapter_name).float().softmax(-1)[:, cnf_id]
 
 
 def free_readout(model: torch.nn.Module, hidden: torch.Tensor, cnf_id: int, *,
                  adapter_name: str | None = None) -> torch.Tensor:
     """Zero-overhead read-out: c = softmax(W·z)[<CNF>] at the state that already predicted the end."""
     with adapter_state(model, True, adapter_name):
-        head = unwrap(model).get_output_embeddings()
-        logits = head(hidden.to(head.weight.dtype))
+        rows = trained_rows(model)
+        if rows is not None:  # the trained <CNF> column without PEFT's merged head matrix
+            logits = rows.logits(hidden.to(rows.head.weight.dtype))
+        else:
+            head = unwrap(model).get_output_embeddings()
+            logits = head(hidden.to(head.weight.dtype))
     return logits.float().softmax(-1)[..., cnf_id]
 
 
