@@ -301,6 +301,26 @@ def test_held_out_answers_choose_the_stopping_step_and_the_final_map(lively_dir,
                                expected(get_method("grace", model=trained, raw=True)(records)), atol=1e-6)
 
 
+def test_training_that_never_beats_the_start_keeps_the_start(lively_dir, tmp_path):
+    """Correctness unrelated to the answers (a chance-level multiple-choice set): the start, at the base rate,
+    is the best held-out state, and early stopping must keep it rather than the least bad trained one."""
+    from certa.training.validation import split_validation
+
+    lm = _load(lively_dir)
+    records = _yes_no_records(lm, 80)
+    rng = np.random.default_rng(0)
+    for record in records:
+        record.correct = float(rng.random() < 0.3)
+    config = GraceConfig(epochs=4, batch_size=8, lr=5e-2, token_lr=0.5, targets="binary", save_every=1000,
+                         validation_fraction=0.25, eval_every=2, patience=3, recalibrate="none", seed=1)
+    trained = _load(train_grace(lm, records, config, tmp_path / "noise", progress=False))
+    summary = trained.artifact["validation"]
+    history = dict(summary["history"])
+    assert 0 in history and summary["best_step"] == 0 and min(history.values()) == history[0]
+    _, held = split_validation(records, config)
+    assert _brier(get_method("grace", model=trained)(held), held) == pytest.approx(history[0], abs=1e-5)
+
+
 # ── defects fixed in issue 12 (each test fails on the code before its fix) ──────────────────
 
 

@@ -260,6 +260,10 @@ class _Loop:
         bar = tqdm(total=total_steps, initial=start_step, desc=f"train {self.objective.method}",
                    disable=not (progress and accelerator.is_main_process))
         lm.model.train()
+        if self.stopping is not None and start_step == 0 and not self.stopping.history:
+            # The starting state is a candidate too (GrACE's starts at the base rate): where the answers
+            # carry no signal training only fits noise, and the start is what should be kept.
+            self._validate(0)
         last = time.perf_counter()
         stop = False
         while step < total_steps and not stop:

@@ -4,7 +4,8 @@ A trained read-out is under-trained after a fixed couple of epochs and
 over-fits after many (it has little data and no regulariser), and the right
 number of steps depends on the data. So a seeded, stratified share of the
 training answers is held out: the read-out's Brier score on it is measured
-every few steps, the best state is kept, and training stops when it has not
+before the first step and every few steps after, the best state is kept (the
+starting one when training never beats it), and training stops when it has not
 improved for ``patience`` measurements. The same held-out answers then choose
 the final map of the read-out (:mod:`certa.recalibration`): by default the one
 of none, Platt and beta with the lowest out-of-fold Brier score. None often
