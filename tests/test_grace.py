@@ -228,6 +228,29 @@ def _brier(conf, records) -> float:
     return float(np.mean((np.asarray(conf) - np.array([r.correct for r in records])) ** 2))
 
 
+def test_each_training_answer_is_encoded_once_start_row_included(lively_dir, tmp_path, monkeypatch):
+    """The answers that place the starting <CNF> row are encoded into the training store, not twice."""
+    from certa.methods import answer_cache
+    from certa.methods.grace import token
+
+    encoded = []
+
+    def counting(model, pairs, pad_id, **kwargs):
+        encoded.extend(pairs)
+        return real(model, pairs, pad_id, **kwargs)
+
+    real = answer_cache.encode_answers
+    monkeypatch.setattr(answer_cache, "encode_answers", counting)
+    monkeypatch.setattr(token, "encode_answers", counting)
+    lm = _load(lively_dir)
+    records = _yes_no_records(lm, 24)
+    encoded.clear()
+    config = GraceConfig(epochs=2, batch_size=8, init_sample=24, validation_fraction=0, save_every=1000)
+    train_grace(lm, records, config, tmp_path / "once", progress=False)
+    answers = [(tuple(p), tuple(r)) for p, r in encoded if len(p) + len(r) > 2]   # not the store's 1-token probe
+    assert len(answers) == len(set(answers)) == 24
+
+
 def test_training_measurably_improves_calibration_when_correctness_is_decodable(lively_dir, tmp_path):
     lm = _load(lively_dir)
     records = _yes_no_records(lm)

@@ -56,8 +56,9 @@ class GraceObjective:
         items = self._items(lm, records, target, config)
         self.init_rate = mean_target(items)
         sample = init_sample(items, config.init_sample, config.seed)
-        place_cnf_row(lm, self._cnf(lm), readout_states(lm, sample, config.readout, config.batch_size),
-                      self.init_rate)
+        states = readout_states(lm, sample, config.readout, config.batch_size,
+                                prefixes=self.prefixes if config.mode == "suffix" else None)
+        place_cnf_row(lm, self._cnf(lm), states, self.init_rate)
         return items
 
     def validation_items(self, lm: LoadedModel, records: Sequence[Record], config: GraceConfig) -> list[dict[str, Any]]:

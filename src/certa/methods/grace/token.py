@@ -18,7 +18,7 @@ import torch
 
 from ...models.adapters import unwrap
 from ...models.vocab import add_special_token, embedding_matrices
-from ..answer_cache import encode_answers, extend
+from ..answer_cache import PrefixStore, encode_answers, extend
 from .readout import CNF_TOKEN
 
 if TYPE_CHECKING:
@@ -52,16 +52,22 @@ def place_cnf_row(lm: LoadedModel, cnf_id: int, states: torch.Tensor, rate: floa
             matrix[cnf_id] = row.to(matrix.dtype)
 
 
-def readout_states(lm: LoadedModel, items: Sequence[dict[str, Any]], readout: str,
-                   batch_size: int = 16) -> torch.Tensor:
-    """Final-layer states at the read-out position, before training (adapter off), in batches."""
+def readout_states(lm: LoadedModel, items: Sequence[dict[str, Any]], readout: str, batch_size: int = 16,
+                   prefixes: PrefixStore | None = None) -> torch.Tensor:
+    """Final-layer states at the read-out position, before training (adapter off), in batches.
+
+    With ``prefixes`` (the training store, which has the items planned) the answers' encodings are
+    taken from it and stay there for the first epoch, instead of being computed twice.
+    """
     if readout == "free":
         return torch.tensor([it["hidden"] for it in items], device=lm.device)
     chunks = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        cache = encode_answers(lm.model, [(it["prompt"], it["response"]) for it in batch], lm.tokenizer.pad_token_id)
+        pairs = [(it["prompt"], it["response"]) for it in batch]
         with torch.no_grad():
+            cache = (prefixes.cache(lm.model, [it["id"] for it in batch], pairs, lm.tokenizer.pad_token_id)
+                     if prefixes is not None else encode_answers(lm.model, pairs, lm.tokenizer.pad_token_id))
             out = extend(lm.model, cache, adapter_enabled=False, hidden=True)
         chunks.append(out.hidden_states[-1][:, 0])
     return torch.cat(chunks)
