@@ -65,10 +65,12 @@ def test_the_card_is_yaml_front_matter_that_says_what_the_artifact_is():
                          "clearly)."),
     ("none", "identity", "no recalibration map (recalibrate: none)."),
     ("auto", "beta", "after the fitted beta map 0.17."),
+    ("auto", "constant", "the read-out did no better than a constant on them, so this artifact gives every answer "
+                         "their accuracy, 0.3."),
 ])
 def test_the_card_says_which_final_map_training_chose(recalibrate, kind, says):
     info = {**INFO, "train_config": {**INFO["train_config"], "recalibrate": recalibrate},
-            "recalibration": {"kind": kind, "params": {}}}
+            "recalibration": {"kind": kind, "params": {"p": 0.3} if kind == "constant" else {}}}
     assert f"held-out training answers 0.1875; {says}" in model_card(info)
 
 

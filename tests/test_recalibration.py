@@ -125,8 +125,27 @@ def test_choose_map_keeps_calibrated_confidences_as_they_are():
     c = rng.uniform(0.05, 0.95, 300)
     y = (rng.random(300) < c).astype(float)            # calibrated by construction
     chosen, brier = choose_map(c, y)
-    assert chosen is IDENTITY and set(brier) == {"identity", "platt", "beta"}
+    assert chosen is IDENTITY and set(brier) == {"identity", "constant", "platt", "beta"}
     assert choose_map(c[:40], np.r_[np.ones(37), np.zeros(3)]) == (IDENTITY, {})   # 3 wrong: too few for 5 folds
+
+
+def test_choose_map_falls_back_to_the_base_rate_when_the_read_out_has_no_signal():
+    """Spread confidences unrelated to correctness (a model at chance): no map beats the constant mean grade."""
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(8)
+    c = rng.uniform(0.05, 0.6, 120)
+    y = (rng.random(120) < 0.25).astype(float)
+    chosen, brier = choose_map(c, y)
+    constant = np.empty_like(c)
+    for fit_rows, held in StratifiedKFold(5, shuffle=True, random_state=0).split(c, y >= 0.5):
+        constant[held] = y[fit_rows].mean()
+    assert brier["constant"] == pytest.approx(np.mean((constant - y) ** 2))
+    assert brier["constant"] < min(brier["identity"], brier["platt"], brier["beta"])
+    assert chosen.kind == "constant" and chosen.params["p"] == pytest.approx(y.mean())
+    np.testing.assert_allclose(chosen(c), y.mean())
+    again = CalibrationMap.from_dict(json.loads(json.dumps(chosen.to_dict())))
+    np.testing.assert_allclose(again(c), y.mean())
 
 
 def test_platt_refuses_labels_of_one_kind_and_isotonic_gives_a_constant():

@@ -31,6 +31,8 @@ from .metrics import as_unit_array, check_inputs
 
 Kind = Literal["isotonic", "platt", "beta"]
 KINDS: tuple[str, ...] = ("isotonic", "platt", "beta")
+#: Maps that are not fitted by :func:`fit_map`: the identity, and the constant mean grade ``choose_map`` falls back to.
+_UNFITTED = ("identity", "constant")
 _EPS = 1e-6   # keeps logit finite for raw confidences of exactly 0 or 1
 
 
@@ -53,13 +55,15 @@ class CalibrationMap:
         c = as_unit_array(np.atleast_1d(conf), "confidence")
         if self.kind == "identity":
             return c.copy()
+        if self.kind == "constant":
+            return np.full_like(c, self.params["p"])
         if self.kind == "isotonic":
             return np.interp(c, self.params["x"], self.params["y"])
         if self.kind == "platt":
             return expit(self.params["a"] * logit(c) + self.params["b"])
         if self.kind == "beta":
             return expit(_beta_features(c) @ np.array([self.params["a"], self.params["b"]]) + self.params["c"])
-        raise UnknownNameError("calibration map", self.kind, ("identity", *KINDS))
+        raise UnknownNameError("calibration map", self.kind, (*_UNFITTED, *KINDS))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": {k: list(v) if isinstance(v, (list, tuple, np.ndarray)) else v
@@ -69,16 +73,16 @@ class CalibrationMap:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CalibrationMap:
         kind = data.get("kind")
-        if kind not in ("identity", *KINDS):
-            raise UnknownNameError("calibration map", str(kind), ("identity", *KINDS))
+        if kind not in (*_UNFITTED, *KINDS):
+            raise UnknownNameError("calibration map", str(kind), (*_UNFITTED, *KINDS))
         params = dict(data.get("params") or {})
-        needed = {"isotonic": ("x", "y"), "platt": ("a", "b"), "beta": ("a", "b", "c")}.get(kind, ())
+        needed = {"isotonic": ("x", "y"), "platt": ("a", "b"), "beta": ("a", "b", "c"), "constant": ("p",)}.get(kind, ())
         missing = [k for k in needed if k not in params]
         if missing:
             raise InputError(f"{kind} calibration map is missing the parameter {missing[0]!r}")
         if kind == "isotonic":
             params = {"x": tuple(float(v) for v in params["x"]), "y": tuple(float(v) for v in params["y"])}
-        elif kind in ("platt", "beta"):
+        elif kind in ("platt", "beta", "constant"):
             params = {k: float(params[k]) for k in needed}
         return cls(kind, params, int(data.get("n_labels", 0)), data.get("fitted_at"))
 
@@ -170,14 +174,16 @@ def fit_map(raw_conf: ArrayLike, correct: ArrayLike, kind: Kind = "isotonic", *,
 
 def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] = ("platt", "beta"), *,
                folds: int = 5, strength: float = 1.0, seed: int = 0) -> tuple[CalibrationMap, dict[str, float]]:
-    """The identity, or the map among ``kinds`` that clearly lowers the out-of-fold Brier score; refitted on all.
+    """The map of a trained read-out, chosen on held-out labels by out-of-fold Brier score; refitted on all.
 
     Each candidate is fitted on ``folds - 1`` stratified folds and scored on the one left out. A map
-    is kept only when its mean per-answer gain over the identity exceeds one standard error of that
-    gain: a map that fits noise (or, like a log-loss fit pulled by a few confident mistakes, fits the
-    wrong thing) must not replace confidences that are already about right. Returns the chosen map and
-    each candidate's out-of-fold Brier score; with fewer than ``folds`` labels of either kind the
-    identity is kept.
+    among ``kinds`` replaces the identity only when its mean per-answer gain exceeds one standard error
+    of that gain: a map that fits noise (or, like a log-loss fit pulled by a few confident mistakes,
+    fits the wrong thing) must not replace confidences that are already about right. And when the
+    choice does no better than the constant mean grade, the constant is returned: a read-out with no
+    signal on these answers (a model at chance on a multiple-choice set) would otherwise spread
+    confidences that only look informative. Returns the map and each candidate's out-of-fold Brier
+    score; with fewer than ``folds`` labels of either kind the identity is kept.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -189,6 +195,10 @@ def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] =
     identity_error = (c - y) ** 2
     brier = {"identity": float(identity_error.mean())}
     best, best_gain = "identity", 0.0
+    constant = np.empty_like(c)
+    for fit_rows, held_rows in splits:
+        constant[held_rows] = y[fit_rows].mean()
+    brier["constant"] = float(np.mean((constant - y) ** 2))
     for kind in kinds:
         out = np.empty_like(c)
         for fit_rows, held_rows in splits:
@@ -197,6 +207,8 @@ def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] =
         brier[kind] = float(np.mean((out - y) ** 2))
         if gain.mean() > max(best_gain, gain.std(ddof=1) / np.sqrt(gain.size)):
             best, best_gain = kind, float(gain.mean())
+    if brier[best] >= brier["constant"]:
+        return CalibrationMap("constant", {"p": float(y.mean())}, int(c.size), time.time()), brier
     if best == "identity":
         return IDENTITY, brier
     return fit_map(c, y, best, strength=strength, nonnegative=True), brier

@@ -270,8 +270,13 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         kind = (info.get("recalibration") or {}).get("kind", "identity")
         why = {"auto": " (neither Platt nor beta lowered their out-of-fold Brier score clearly)",
                "none": " (recalibrate: none)"}.get((info.get("train_config") or {}).get("recalibrate"), "")
-        mapped = (f"no recalibration map{why}" if kind == "identity"
-                  else f"after the fitted {kind} map {_round(val.get('brier_recalibrated'))}")
+        if kind == "identity":
+            mapped = f"no recalibration map{why}"
+        elif kind == "constant":
+            mapped = ("the read-out did no better than a constant on them, so this artifact gives every answer their "
+                      f"accuracy, {_round((info.get('recalibration') or {}).get('params', {}).get('p'))}")
+        else:
+            mapped = f"after the fitted {kind} map {_round(val.get('brier_recalibrated'))}"
         lines += ["", f"Early stopping kept step {val.get('best_step')}; Brier score on the held-out training "
                       f"answers {_round(val.get('brier'))}; {mapped}."]
     versions = info.get("versions") or {}

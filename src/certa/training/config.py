@@ -49,8 +49,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(4, ge=1, description="held-out measurements without improvement before stopping")
     recalibrate: Literal["auto", "none", "platt", "beta"] = Field(
         "auto", description="the map fitted on the held-out answers after training: auto (platt or beta when it "
-        "lowers the out-of-fold Brier score on them by more than a standard error, else none), none (the read-out as "
-        "trained), platt (sigmoid(a·logit(c)+b), a ≥ 0) or beta (sigmoid(a·ln c − b·ln(1−c) + m), a, b ≥ 0)")
+        "lowers their out-of-fold Brier score by more than a standard error, else none; and their accuracy as a "
+        "constant when the read-out does no better than that), none (the read-out as trained), platt "
+        "(sigmoid(a·logit(c)+b), a ≥ 0) or beta (sigmoid(a·ln c − b·ln(1−c) + m), a, b ≥ 0)")
 
     def token_learning_rate(self) -> float:
         """Learning rate of added token rows (methods that add tokens set their own)."""

@@ -111,6 +111,10 @@ def _validation_summary(objective: Objective, lm: LoadedModel, items: Sequence[d
     candidates: dict[str, float] = {}
     if config.recalibrate == "auto":
         recalibration, candidates = choose_map(raw, correct, seed=config.seed)
+        if recalibration.kind == "constant":
+            log.warning("%s: on the %d held-out answers the trained read-out did no better than a constant, so "
+                        "the artifact answers every question with their accuracy, %.3f (no signal to learn from "
+                        "these answers)", objective.method, len(records), recalibration.params["p"])
     elif config.recalibrate == "none":
         recalibration = IDENTITY
     else:
