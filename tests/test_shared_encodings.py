@@ -138,6 +138,17 @@ def test_score_methods_shares_one_encoding_and_a_zero_bound_turns_sharing_off(st
         assert shared is None
 
 
+def test_scoring_never_encodes_the_answers_a_method_only_fits_on(study):
+    """With a fitted method in the list the fit records are planned too, but in groups of their own: scoring
+    the test answers encodes those alone (mixed groups had encoded 2.6x the answers in the quick demo)."""
+    base, views = study
+    records, fit_records = scoring_records()[:10], scoring_records()[10:]
+    with counting_encodings(base) as rows:
+        scored = score_methods([*METHODS, "base_rate"], records, fit_records=fit_records, models=views,
+                               default_model=base)
+    assert sum(rows) == len(records) and set(scored) == {*METHODS, "base_rate"}
+
+
 def test_a_bound_that_holds_some_answers_keeps_those_and_encodes_the_rest_with_their_batch(study):
     base, views = study
     records = scoring_records()

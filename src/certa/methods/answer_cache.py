@@ -218,6 +218,8 @@ class PrefixStore:
         #: Answers encoded so far (kept groups and batches' others alike).
         self.encoded = 0
         self._planned: dict[str, int] = {}          # key -> encoded length, in plan order
+        self._segment: dict[str, int] = {}          # key -> which plan() call declared it first
+        self._plan_calls = 0
         self._kept: set[str] | None = None          # decided at the first encoding (bytes per token known)
         self._group: dict[str, list[str]] = {}      # kept key -> the kept keys encoded with it
         self._pairs: dict[str, tuple[Sequence[int], Sequence[int]]] = {}
@@ -225,9 +227,16 @@ class PrefixStore:
         self._hidden: dict[str, torch.Tensor] = {}  # key -> last hidden state [H] (``hidden`` stores only)
 
     def plan(self, keys: Sequence[str], pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> None:
-        """Declare answers that will be read (training items first, then held-out ones)."""
+        """Declare answers that will be read (training items first, then held-out ones).
+
+        Each call is its own set of encoding groups: answers read at different times (the answers
+        scored and the answers a method fits on) are never encoded together, so reading one set
+        does not pay for the other.
+        """
+        segment, self._plan_calls = self._plan_calls, self._plan_calls + 1
         for key, pair in zip(keys, pairs, strict=True):
             self._planned.setdefault(key, len(pair[0]) + len(pair[1]) - 1)
+            self._segment.setdefault(key, segment)
             self._pairs.setdefault(key, pair)
         self._kept = None
 
@@ -282,7 +291,7 @@ class PrefixStore:
                         break      # a prefix of the plan: the choice is the same in every run
                     self._kept.add(key)
                     budget -= length * per_token + per_answer
-                self._group = _groups(self._kept, self._planned, self.group_size)
+                self._group = _groups(self._kept, self._planned, self._segment, self.group_size)
             self.reserved = self.max_bytes - budget if self._kept else self.used
         return self._kept
 
@@ -295,11 +304,13 @@ class PrefixStore:
             self.used += _tensor_size(state)
 
 
-def _groups(kept: set[str], lengths: dict[str, int], size: int) -> dict[str, list[str]]:
-    """Each kept key's encoding group: consecutive runs of ``size`` keys ordered by (length, key), so a
-    group pads little and depends on the plan alone."""
-    ordered = sorted(kept, key=lambda key: (lengths[key], key))
-    groups = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+def _groups(kept: set[str], lengths: dict[str, int], segments: dict[str, int], size: int) -> dict[str, list[str]]:
+    """Each kept key's encoding group: within each plan segment, consecutive runs of ``size`` keys ordered
+    by (length, key), so a group pads little and depends on the plan alone."""
+    groups: list[list[str]] = []
+    for segment in sorted({segments[key] for key in kept}):
+        ordered = sorted((key for key in kept if segments[key] == segment), key=lambda key: (lengths[key], key))
+        groups += [ordered[i:i + size] for i in range(0, len(ordered), size)]
     return {key: group for group in groups for key in group}
 
 

@@ -63,8 +63,9 @@ def score_methods(
     models = models or {}
     results: dict[str, MethodScores] = {}
     fitting = any(MethodSpec.parse(name).requires_fit for name in methods)
-    planned = [*records, *(fit_records if fitting else ())]
-    with shared_answer_encodings([default_model, *models.values()], planned, max_gb=shared_encodings_gb):
+    with shared_answer_encodings([default_model, *models.values()], records, max_gb=shared_encodings_gb) as shared:
+        if shared is not None and fitting:
+            shared.plan(fit_records)
         for name in methods:
             spec = MethodSpec.parse(name)
             method = get_method(name, model=models.get(spec.base, default_model))

@@ -63,8 +63,8 @@ class SharedEncodings:
     def __init__(self, max_gb: float = DEFAULT_GB, records: Iterable[Record] = ()):
         self.max_bytes = int(max_gb * 1024 ** 3)
         self.reused = 0
-        self._records: list[Record] = list(records)
-        self._plans: dict[int, tuple[Any, list[str], list[tuple[list[int], list[int]]]]] = {}
+        self._segments: list[list[Record]] = [list(records)]
+        self._plans: dict[int, tuple[Any, list[tuple[list[str], list[tuple[list[int], list[int]]]]]]] = {}
         self._stores: dict[State, PrefixStore] = {}
         self._lock = threading.Lock()
 
@@ -79,8 +79,9 @@ class SharedEncodings:
         return sum(store.used for store in self._stores.values())
 
     def plan(self, records: Iterable[Record]) -> None:
-        """Add records whose answers read-outs will encode (before the first read-out: later ones are not kept)."""
-        self._records.extend(records)
+        """Add records whose answers read-outs will encode (before the first read-out: later ones are not kept);
+        they are encoded in groups of their own, apart from the records planned before."""
+        self._segments.append(list(records))
 
     def cache(self, lm: LoadedModel, pairs: Pairs, *, hidden: bool = False, adapter_enabled: bool = False,
               adapter_name: str | None = None) -> AnswerCache:
@@ -102,24 +103,28 @@ class SharedEncodings:
         if store is None:
             left = max(0, self.max_bytes - sum(s.reserved for s in self._stores.values()))
             store = PrefixStore(left / 1024 ** 3, adapter_enabled=state[1], adapter_name=state[2], hidden=True)
-            store.plan(*self._planned(lm))
+            for keys, pairs in self._planned(lm):
+                store.plan(keys, pairs)
             self._stores[state] = store
         return store
 
-    def _planned(self, lm: LoadedModel) -> tuple[list[str], list[tuple[list[int], list[int]]]]:
-        """The planned records' (keys, pairs) as ``lm``'s tokenizer writes them (computed once per tokenizer)."""
+    def _planned(self, lm: LoadedModel) -> list[tuple[list[str], list[tuple[list[int], list[int]]]]]:
+        """Each planned group of records' (keys, pairs) as ``lm``'s tokenizer writes them (once per tokenizer)."""
         plan = self._plans.get(id(lm.tokenizer))
         if plan is None:
-            keys, pairs = [], []
-            for record in self._records:
-                try:
-                    pair = answer_ids(lm, record)
-                except InputError:  # an empty answer: its read-out raises the error itself
-                    continue
-                keys.append(content_key(*pair))
-                pairs.append(pair)
-            plan = self._plans[id(lm.tokenizer)] = (lm.tokenizer, keys, pairs)
-        return plan[1], plan[2]
+            segments = []
+            for records in self._segments:
+                keys, pairs = [], []
+                for record in records:
+                    try:
+                        pair = answer_ids(lm, record)
+                    except InputError:  # an empty answer: its read-out raises the error itself
+                        continue
+                    keys.append(content_key(*pair))
+                    pairs.append(pair)
+                segments.append((keys, pairs))
+            plan = self._plans[id(lm.tokenizer)] = (lm.tokenizer, segments)
+        return plan[1]
 
 
 def encoding_state(model: torch.nn.Module, adapter_enabled: bool, adapter_name: str | None) -> State:
