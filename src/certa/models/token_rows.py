@@ -111,7 +111,12 @@ def trained_rows(model: torch.nn.Module) -> TrainedRows | None:
     if getattr(head, "bias", None) is not None and head_rows is not None:
         return None  # PEFT's merged head drops a bias; no causal LM of the list has one
     softcap = getattr(lm.config, "final_logit_softcapping", None) if softcap_kind else None
-    return TrainedRows(lm.get_decoder(), embedding, embedding_rows, scale, head, head_rows, softcap)
+    # older transformers (4.56, certa's lower bound) return None from get_decoder(); the stack is ``.model``
+    decoder = lm.get_decoder() if hasattr(lm, "get_decoder") else None
+    decoder = decoder if decoder is not None else getattr(lm, "model", None)
+    if not isinstance(decoder, torch.nn.Module):
+        return None
+    return TrainedRows(decoder, embedding, embedding_rows, scale, head, head_rows, softcap)
 
 
 def _split(module: torch.nn.Module | None) -> tuple[torch.nn.Module | None, Rows | None, torch.Tensor | None]:
