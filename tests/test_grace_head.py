@@ -230,3 +230,18 @@ def test_training_follows_the_same_loss_trajectory(tiny_model_dir, tmp_path, mon
     after = _trajectory(tiny_model_dir, records, config, tmp_path / "rows", monkeypatch, True, merged_calls)
     assert len(before) == 8 and len({round(loss, 6) for loss, _ in before}) > 1  # it trains
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-5)
+
+
+def test_a_causal_lm_whose_get_decoder_returns_none_uses_its_model_stack(lm, merged_calls, monkeypatch):
+    """transformers 4.56 (certa's lower bound) returns None from ``get_decoder()`` for most causal LMs."""
+    lm, cnf = lm
+    base = lm.model.get_base_model()
+    monkeypatch.setattr(type(base), "get_decoder", lambda self: None)
+    rows = trained_rows(lm.model)
+    assert rows is not None and rows.decoder is base.model
+    cache = encode_answers(lm.model, _pairs(lm), lm.tokenizer.pad_token_id)
+    lm.model.eval()
+    with torch.no_grad():
+        fast = readout_step(lm.model, cache, cnf, adapter_name=ADAPTERS[1])
+        assert not merged_calls
+        np.testing.assert_allclose(fast, _peft_readout(lm.model, cache, cnf, ADAPTERS[1]), rtol=0, atol=1e-6)
