@@ -30,7 +30,6 @@ queued at once) and by a server (requests queued as they arrive)::
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import deque
@@ -44,7 +43,14 @@ from .errors import CertaError, InputError
 from .methods.answer_cache import AnswerCache
 from .methods.logprobs.distribution import token_distribution_stats
 from .models import answer_stop_strings, end_token_ids
-from .models.tensors import cache_length, cache_parameter, crop_cache, left_pad, positions_from_mask
+from .models.tensors import (
+    cache_length,
+    cache_parameter,
+    crop_cache,
+    head_inputs,
+    left_pad,
+    positions_from_mask,
+)
 
 if TYPE_CHECKING:
     from .models import LoadedModel
@@ -322,7 +328,7 @@ class Decoder:
         hidden_wanted = any(r.request.hidden_state or r.request.keep_cache for r in batch.rows)
         positions = batch.mask.sum(-1, keepdim=True)  # real tokens before the fed one
         mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
-        with _head_input(self.lm.model, hidden_wanted) as seen:
+        with head_inputs(self.lm.model, hidden_wanted) as seen:
             out = self.lm.model(input_ids=batch.next_ids[:, None], attention_mask=mask, position_ids=positions,
                                 use_cache=True, **self._cache_arg(batch.cache))
         advanced = _Batch(batch.rows, batch.cache, mask, batch.next_ids)  # the forward appended to the cache
@@ -346,7 +352,7 @@ class Decoder:
         cache = _cache_from(tuple((k.expand(len(prompts), -1, -1, -1), v.expand(len(prompts), -1, -1, -1))
                                   for k, v in kv)) if shared else _cache_from(())
         mask = torch.cat([torch.ones_like(suffix_mask[:, :1]).expand(-1, shared), suffix_mask], dim=1)
-        with _head_input(self.lm.model, hidden_wanted) as seen:
+        with head_inputs(self.lm.model, hidden_wanted) as seen:
             out = self.lm.model(input_ids=ids, attention_mask=mask, position_ids=shared + positions_from_mask(suffix_mask),
                                 use_cache=True, logits_to_keep=1, **self._cache_arg(cache))
         logits, hidden = out.logits[:, -1], (seen[-1] if seen else None)
@@ -591,28 +597,6 @@ def _sliding_window(model: torch.nn.Module) -> bool:
     config = getattr(model, "config", None)
     text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     return bool(getattr(text, "sliding_window", None))
-
-
-@contextlib.contextmanager
-def _head_input(model: torch.nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
-    """Collect the LM head's input at the newest position of each forward in the block.
-
-    The LM head's input *is* the last-layer, post-norm hidden state, whatever the
-    architecture, so this costs a ``[rows, hidden]`` reference and no extra forward.
-    """
-    seen: list[torch.Tensor] = []
-    if not enabled:
-        yield seen
-        return
-
-    def grab(_module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        seen.append(args[0][:, -1, :].detach())
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(grab)
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 # --- read-out hooks over finished rows ----------------------------------------------------------

@@ -30,6 +30,7 @@ from ..models.tensors import (
     cache_length,
     cache_parameter,
     crop_cache,
+    head_inputs,
     left_pad,
     output_cache,
     positions_from_mask,
@@ -81,27 +82,11 @@ def encode_answers(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], 
     """Encode prompt + response[:-1] of each pair once, without gradients (the base model unless told)."""
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) + list(r[:-1]) for p, r in pairs], pad_id, device)
-    with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name), _head_input(model, hidden) as seen:
+    with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name), head_inputs(unwrap(model), hidden) as seen:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                     use_cache=True, logits_to_keep=1)
     last = torch.tensor([r[-1] for _, r in pairs], device=device)
     return AnswerCache(output_cache(out), mask, last, seen[-1] if hidden else None)
-
-
-@contextlib.contextmanager
-def _head_input(model: torch.nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
-    """The LM head's input at the last position of each forward in the block, ``[B, H]`` each: the
-    final-layer, post-norm state, at the cost of a reference (``output_hidden_states`` keeps every layer's)."""
-    seen: list[torch.Tensor] = []
-    if not enabled:
-        yield seen
-        return
-    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(
-        lambda _module, args: seen.append(args[0][:, -1, :].detach()))
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def extend(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequence[int]] | None = None, *,

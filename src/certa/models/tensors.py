@@ -8,7 +8,8 @@ generation. These helpers are the one place that does it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -71,3 +72,22 @@ def output_cache(output: Any) -> Any:
     """The KV cache a forward or ``generate`` returned, under whichever name this transformers uses."""
     fields = getattr(type(output), "__dataclass_fields__", {})
     return output.cache if "cache" in fields else output.past_key_values
+
+
+@contextlib.contextmanager
+def head_inputs(model: torch.nn.Module, enabled: bool = True) -> Iterator[list[torch.Tensor]]:
+    """The LM head's input at the newest position of each forward in the block, ``[rows, hidden]`` each.
+
+    The LM head's input *is* the last-layer, post-norm hidden state, whatever the architecture, so this
+    costs a reference per forward and no extra pass (``output_hidden_states`` would keep every layer's).
+    """
+    seen: list[torch.Tensor] = []
+    if not enabled:
+        yield seen
+        return
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _module, args: seen.append(args[0][:, -1, :].detach()))
+    try:
+        yield seen
+    finally:
+        handle.remove()
