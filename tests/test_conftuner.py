@@ -133,6 +133,39 @@ def test_the_prefix_store_gives_the_same_cache_as_encoding_again(tiny_lm):
     assert empty.used == 0
 
 
+def test_the_readout_runs_the_head_at_the_read_position_only_with_the_same_logits_and_gradients(tiny_lm):
+    """readout_logits keeps one position's logits when the suffixes are equally long; numbers do not change."""
+    from certa.methods.answer_cache import encode_answers, extend, read_logits, readout_logits
+
+    lm = fresh(tiny_lm)
+    pairs = [([5, 6, 7, 8], [9, 10]), ([12], [13, 14, 15]), ([16, 17], [18])]
+
+    def cache():  # a fresh base encoding for each read-out with gradients, as training's prefix store gives
+        with torch.no_grad():
+            return encode_answers(lm.model, pairs, lm.tokenizer.pad_token_id)
+
+    calls = []
+    hook = lm.model.lm_head.register_forward_hook(lambda module, args, out: calls.append(out.shape[1]))
+    try:
+        for suffixes in ([[20, 21], [22, 23], [24, 25]], [[20, 21], [22], [23, 24, 25]]):
+            weights = [p for p in lm.model.parameters() if p.requires_grad]
+            want = read_logits(extend(lm.model, cache(), suffixes), suffixes)
+            want_grads = torch.autograd.grad(want[:, :40].logsumexp(-1).sum(), weights, allow_unused=True)
+            fresh_cache = cache()
+            calls.clear()
+            got = readout_logits(lm.model, fresh_cache, suffixes)
+            assert calls == [1 if len({len(s) for s in suffixes}) == 1 else 1 + max(map(len, suffixes))]
+            got_grads = torch.autograd.grad(got[:, :40].logsumexp(-1).sum(), weights, allow_unused=True)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            for g, w in zip(got_grads, want_grads, strict=True):
+                if w is None:
+                    assert g is None or not g.any()
+                else:
+                    torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+    finally:
+        hook.remove()
+
+
 def test_the_prefix_store_keeps_the_same_answers_and_slots_whatever_the_order_of_use(tiny_lm):
     """What is kept, and its slots, depend on the plan only: a resumed run reads the same numbers."""
     from certa.methods.answer_cache import PrefixStore

@@ -162,6 +162,24 @@ def read_logits(output: Any, suffixes: Sequence[Sequence[int]] | None) -> torch.
     return logits[torch.arange(logits.shape[0], device=logits.device), index]
 
 
+def readout_logits(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequence[Sequence[int]], *,
+                   adapter_enabled: bool = True, adapter_name: str | None = None) -> torch.Tensor:
+    """Logits ``[B, V]`` at each row's read-out position after its suffix over ``cache``: ``read_logits(extend(...))``.
+
+    When every suffix has the same length (one follow-up text for every row, the usual case) the read-out
+    is each row's last position, and the LM head runs there alone (``logits_to_keep=1``) instead of over
+    every suffix token: the head is a fifth of a suffix step on a small model (V × H per token).
+    """
+    if len({len(s) for s in suffixes}) != 1:
+        return read_logits(extend(model, cache, suffixes, adapter_enabled=adapter_enabled,
+                                  adapter_name=adapter_name), suffixes)
+    ids, mask, positions = _suffix_inputs(cache, suffixes)
+    with _restored(cache), adapter_state(model, adapter_enabled, adapter_name):
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                    **{cache_parameter(model): cache.past_key_values})
+    return out.logits[:, -1]
+
+
 def content_key(prompt: Sequence[int], response: Sequence[int]) -> str:
     """A key for an answer's encoding: equal token ids, equal key (so equal answers share one encoding)."""
     return hashlib.sha1(repr((list(prompt), list(response))).encode()).hexdigest()

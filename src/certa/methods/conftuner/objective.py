@@ -11,7 +11,7 @@ import torch
 from ...models.tensors import left_pad, positions_from_mask
 from ...records import Record
 from ...training.losses import IGNORE_INDEX, response_lm_loss, tokenized_brier
-from ..answer_cache import PrefixStore, content_key, extend, read_logits
+from ..answer_cache import PrefixStore, content_key, readout_logits
 from ..prompting.verbalized import ConfidenceTokens, confidence_tokens, verbal_inputs
 from ..readouts import restricted_log_softmax
 from .config import ConfTunerConfig
@@ -114,7 +114,7 @@ class ConfTunerObjective:
             return restricted_log_softmax(out.logits[:, -1], self._tokens().token_ids).exp(), \
                 (out.logits if with_lm else None)
         cache = self.prefixes.cache(lm.model, batch["keys"], batch["pairs"], lm.tokenizer.pad_token_id)
-        logits = read_logits(extend(lm.model, cache, batch["suffixes"]), batch["suffixes"])
+        logits = readout_logits(lm.model, cache, batch["suffixes"])
         return restricted_log_softmax(logits, self._tokens().token_ids).exp(), None
 
     def artifact_info(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from ...errors import CertaError, InputError
 from ...models import end_token_ids, render_chat
 from ...models.remote import RemoteModel
 from ...records import Record
-from ..answer_cache import AnswerCache, answer_ids, extend, read_logits
+from ..answer_cache import AnswerCache, answer_ids, readout_logits
 from ..base import ModelReadoutMethod, Needs, register
 from ..readouts import continuation_token_ids, restricted_log_softmax
 from ..shared_encodings import encode_or_reuse
@@ -221,9 +221,8 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], tokens: Conf
 def levels_after(lm: LoadedModel, cache: AnswerCache, suffixes: Sequence[Sequence[int]], tokens: ConfidenceTokens,
                  *, adapter_enabled: bool) -> np.ndarray:
     """The restricted softmax over the level tokens after each row's suffix over ``cache``, ``[B, levels]``."""
-    with torch.no_grad():  # extend() leaves the cache as it found it
-        logits = read_logits(extend(lm.model, cache, suffixes, adapter_enabled=adapter_enabled,
-                                    adapter_name=lm.adapter), suffixes)
+    with torch.no_grad():  # the read-out leaves the cache as it found it
+        logits = readout_logits(lm.model, cache, suffixes, adapter_enabled=adapter_enabled, adapter_name=lm.adapter)
     return restricted_log_softmax(logits, tokens.token_ids).exp().float().cpu().numpy()
 
 
