@@ -133,8 +133,8 @@ def test_the_prefix_store_gives_the_same_cache_as_encoding_again(tiny_lm):
     assert empty.used == 0
 
 
-def test_the_readout_runs_the_head_at_the_read_position_only_with_the_same_logits_and_gradients(tiny_lm):
-    """readout_logits keeps one position's logits when the suffixes are equally long; numbers do not change."""
+def test_scoring_runs_the_head_at_the_read_position_only_with_the_same_logits(tiny_lm):
+    """Scoring keeps one position's logits when the suffixes are equally long; logits and gradients do not change."""
     from certa.methods.answer_cache import encode_answers, extend, read_logits, readout_logits
 
     lm = fresh(tiny_lm)
@@ -153,8 +153,11 @@ def test_the_readout_runs_the_head_at_the_read_position_only_with_the_same_logit
             want_grads = torch.autograd.grad(want[:, :40].logsumexp(-1).sum(), weights, allow_unused=True)
             fresh_cache = cache()
             calls.clear()
-            got = readout_logits(lm.model, fresh_cache, suffixes)
+            with torch.no_grad():
+                scoring = readout_logits(lm.model, fresh_cache, suffixes)
             assert calls == [1 if len({len(s) for s in suffixes}) == 1 else 1 + max(map(len, suffixes))]
+            torch.testing.assert_close(scoring, want.detach(), atol=1e-5, rtol=1e-5)
+            got = readout_logits(lm.model, cache(), suffixes)
             got_grads = torch.autograd.grad(got[:, :40].logsumexp(-1).sum(), weights, allow_unused=True)
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
             for g, w in zip(got_grads, want_grads, strict=True):
