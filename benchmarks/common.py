@@ -7,7 +7,7 @@ import asyncio
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -23,6 +23,21 @@ def generation_parser(description: str, *, dataset: str, count: int, max_new_tok
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads, pinned for every phase")
     parser.add_argument("--device", default=None)
     return parser
+
+
+def graded_answers(args: argparse.Namespace, split: str = "train") -> tuple[Any, list[Any]]:
+    """The model (threads pinned) and its graded greedy answers to ``--count`` questions of ``--dataset``."""
+    import torch
+
+    from certa.data import grade, load_dataset
+    from certa.generation import generate
+    from certa.models import load_model
+
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model, device=args.device)
+    examples = load_dataset(args.dataset, split=split, limit=args.count)
+    answers = generate(lm, examples, max_new_tokens=args.max_new_tokens, batch_size=16, progress=False)
+    return lm, grade(answers, examples)
 
 
 def timed(run: Callable[[], T]) -> tuple[float, float, T]:

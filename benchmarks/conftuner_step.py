@@ -20,12 +20,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import generation_parser, timed  # benchmarks/common.py, beside this script
+from common import generation_parser, graded_answers, timed  # benchmarks/common.py, beside this script
 
-from certa.data import grade, load_dataset
-from certa.generation import generate
 from certa.methods.conftuner.method import ConfTuner
-from certa.models import load_model
 
 
 def step_seconds(out_dir: Path) -> list[float]:
@@ -38,11 +35,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3.0, help="passes over the answers in each phase")
     parser.set_defaults(batch_size=8)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lm = load_model(args.model, device=args.device)
-    examples = load_dataset(args.dataset, split="train", limit=args.count)
-    records = grade(generate(lm, examples, max_new_tokens=args.max_new_tokens, batch_size=16, progress=False),
-                    examples)
+    lm, records = graded_answers(args)
     steps_per_epoch = -(-len(records) // args.batch_size)
     print(f"model {args.model} on {lm.device} ({lm.dtype}); torch {torch.__version__}; threads "
           f"{torch.get_num_threads()}; {platform.machine()}")

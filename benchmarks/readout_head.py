@@ -17,13 +17,10 @@ import platform
 import statistics
 
 import torch
-from common import generation_parser, timed  # benchmarks/common.py, beside this script
+from common import generation_parser, graded_answers, timed  # benchmarks/common.py, beside this script
 
-from certa.data import grade, load_dataset
-from certa.generation import generate
 from certa.methods import answer_cache
 from certa.methods.prompting.verbalized import confidence_tokens, levels_after, verbal_inputs
-from certa.models import load_model
 
 
 def main() -> None:
@@ -31,11 +28,7 @@ def main() -> None:
     parser.add_argument("--style", default="cue", help="the verbal prompt's style: cue (ConfTuner's) or follow_up (verbalized)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lm = load_model(args.model, device=args.device)
-    examples = load_dataset(args.dataset, split="train", limit=args.count)
-    records = grade(generate(lm, examples, max_new_tokens=args.max_new_tokens, batch_size=16, progress=False),
-                    examples)
+    lm, records = graded_answers(args)
     tokens = confidence_tokens(lm.tokenizer)
     inputs = verbal_inputs(lm, records, tokens, args.style)
     batches = []
