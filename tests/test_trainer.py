@@ -184,3 +184,23 @@ def test_empty_records_is_an_input_error(fresh_lm, tmp_path):
 
     with pytest.raises(InputError, match="no training records"):
         train(ToyObjective(), fresh_lm(), [], CONFIG, tmp_path)
+
+
+def test_a_single_process_trains_on_the_cuda_device_the_model_was_loaded_on(monkeypatch):
+    """accelerate places the model on the current CUDA device: it must be the model's (cuda:1 stays cuda:1)."""
+    import types
+
+    from certa.training import trainer
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", lambda **kwargs: kwargs)  # no shared accelerate state made
+    made = trainer._make_accelerator(types.SimpleNamespace(device=torch.device("cuda", 1)), TrainConfig())
+    assert chosen == [torch.device("cuda", 1)] and made["cpu"] is False
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under `accelerate launch` each rank's device is accelerate's
+    chosen.clear()
+    trainer._make_accelerator(types.SimpleNamespace(device=torch.device("cuda", 1)), TrainConfig())
+    assert chosen == []

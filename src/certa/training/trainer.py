@@ -188,6 +188,10 @@ def _make_accelerator(lm: LoadedModel, config: TrainConfig) -> Accelerator:
     except ImportError as exc:  # pragma: no cover - accelerate is a core dependency
         raise MissingDependencyError("training needs accelerate: pip install 'accelerate>=1.15'") from exc
     on_cpu = lm.device.type == "cpu"
+    if lm.device.type == "cuda" and lm.device.index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # One process: accelerate places the model on the *current* CUDA device, cuda:0 unless told;
+        # a model loaded on cuda:1 would be moved there. Under `accelerate launch` it sets each rank's own.
+        torch.cuda.set_device(lm.device)
     bf16 = not on_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return Accelerator(
         cpu=on_cpu,
