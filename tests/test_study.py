@@ -141,8 +141,12 @@ def test_refresh_stamp_redoes_outputs_only_when_settings_change(tmp_path):
 
 def test_run_time_section_adds_up_the_stages(study):
     stages = study.evaluation.extra["compute_seconds"]
-    assert {"training: grace", "training: conftuner", "cross-domain: training"} <= set(stages)
+    assert {"training: grace", "training: conftuner", "cross-domain: training", "further seeds: training",
+            "further seeds: scoring", "learning curve: training", "learning curve: scoring"} <= set(stages)
     assert all(seconds > 0 for seconds in stages.values())
+    seed_logs = list((study.out / "artifacts" / "seed-1").glob("*/train_log.jsonl"))
+    assert len(seed_logs) == 2 and stages["further seeds: training"] == pytest.approx(
+        sum(json.loads(line)["seconds"] for log in seed_logs for line in log.read_text().splitlines()), rel=1e-6)
     assert "## Run time" in study.markdown.read_text()
 
 

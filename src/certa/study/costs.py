@@ -67,8 +67,8 @@ def generation_seconds(data: dict[str, DatasetRecords]) -> dict[str, dict[str, f
 
 
 def compute_seconds(data: dict[str, DatasetRecords], scored: dict[str, dict[str, MethodScores]],
-                    artifacts: dict[str, Path], cross: dict[str, Any], scaling: dict[str, Any]
-                    ) -> dict[str, float]:
+                    artifacts: dict[str, Path], cross: dict[str, Any], scaling: dict[str, Any],
+                    seeds: dict[str, Any] | None = None, curve: dict[str, Any] | None = None) -> dict[str, float]:
     """The compute each stage took when it ran, from the timings its cache kept.
 
     This is what a run from scratch costs (less model loading), however many
@@ -84,6 +84,10 @@ def compute_seconds(data: dict[str, DatasetRecords], scored: dict[str, dict[str,
     if cross:
         stages["cross-domain: training"] = cross["seconds"]["training"]
         stages["cross-domain: scoring and fitting"] = cross["seconds"]["scoring"]
+    for label, summary in (("further seeds", seeds), ("learning curve", curve)):
+        if summary:
+            stages[f"{label}: training"] = summary["seconds"]["training"]
+            stages[f"{label}: scoring"] = summary["seconds"]["scoring"]
     if scaling:
         stages["scaling: sampled answers with confidence"] = (
             scaling["answer_seconds"] + scaling["sample_seconds"] + scaling["realtime_confidence_seconds"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..records import Record, atomic_write_text
+from ..training.trainer import training_seconds
 from .cache import cached_scores
 from .config import RunConfig
 from .evaluate import evaluate_scored, provenance
@@ -67,18 +68,25 @@ def train_learning_curve(config: RunConfig, train: Sequence[Record], tuned: Mapp
 
 
 def score_learning_curve(config: RunConfig, train: Sequence[Record], test: Sequence[Record],
-                         views: Mapping[str, LoadedModel], base: LoadedModel, out: Path) -> dict[str, Any]:
-    """Each size's artifacts (``views``, named as :func:`train_learning_curve` names them) on the test answers."""
+                         views: Mapping[str, LoadedModel], base: LoadedModel, out: Path,
+                         artifacts: Mapping[str, Path], full: Mapping[str, Path]) -> dict[str, Any]:
+    """Each size's artifacts (``views``, named as :func:`train_learning_curve` names them) on the test answers,
+    and the seconds the curve's own training (``artifacts`` that are not the study's ``full`` ones) and
+    scoring took."""
     sizes = curve_sizes(config, train)
     rows = []
+    scoring = 0.0
     for size in sizes:
         models = {m: views[f"{m}@{size}"] for m in trained_methods(config.methods)}
         scored = cached_scores(list(models), test, out / "learning_curve" / f"{size}" / "scores.jsonl",
                                models=models, default_model=base, provenance=provenance(config, models))
+        scoring += sum(s.seconds + s.fit_seconds for s in scored.values())
         result = evaluate_scored(config, test, scored)
         for method in models:
             rows.append({"method": method, "train_answers": size,
                          **{k: result.methods[method][k].to_dict() for k in CURVE_METRICS}})
-    summary = {"sizes": sizes, "test_answers": len(test), "results": rows}
+    own = {Path(p) for p in artifacts.values()} - {Path(p) for p in full.values()}
+    summary = {"sizes": sizes, "test_answers": len(test), "results": rows,
+               "seconds": {"training": sum(training_seconds(p) for p in own), "scoring": scoring}}
     atomic_write_text(out / "learning_curve.json", json.dumps(summary, indent=1))
     return summary

@@ -104,13 +104,14 @@ def run_study(config: RunConfig) -> StudyResult:
         scored[name] = cached_scores(config.methods, d.test, out / name / "scores.jsonl", fit_records=pooled_train,
                                      models=views, default_model=base, provenance=provenance(config, views))
         per_dataset[name] = evaluate_scored(config, d.test, scored[name])
-    seeds = run_seed_replicates(config, data, scored, seed_views, base, out) if config.seeds else {}
+    seeds = run_seed_replicates(config, data, scored, seed_views, base, out, seed_artifacts) if config.seeds else {}
 
     cross = run_cross_domain(config, base, data, cross_views, cross_artifacts, out) if config.cross_domain else {}
     scaling = (run_scaling(config, config.dataset(config.scaling.dataset).key, views[config.scaling.confidence], out)
                if config.scaling else {})
     curve = (score_learning_curve(config, pooled_train, [r for d in data.values() for r in d.test],
-                                  {name: attached[name] for name in curve_artifacts}, base, out)
+                                  {name: attached[name] for name in curve_artifacts}, base, out, curve_artifacts,
+                                  artifacts)
              if config.learning_curve else {})
     costs = method_costs(config.methods, data, scored, artifacts, scaling)
 
@@ -119,7 +120,7 @@ def run_study(config: RunConfig) -> StudyResult:
         "datasets": {name: {"train": len(d.train), "test": len(d.test)} for name, d in data.items()},
         "costs": costs,
         "generation_seconds": generation_seconds(data),
-        "compute_seconds": compute_seconds(data, scored, artifacts, cross, scaling),
+        "compute_seconds": compute_seconds(data, scored, artifacts, cross, scaling, seeds, curve),
         "diagnostics": {m: {name: scored[name][m].diagnostics for name in data} for m in config.methods},
         "tuning": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in tuning.items()},
         "by_dataset": {name: res.to_dict() for name, res in per_dataset.items()},

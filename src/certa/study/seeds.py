@@ -17,6 +17,7 @@ import numpy as np
 
 from ..methods.base import MethodSpec
 from ..methods.runner import MethodScores
+from ..training.trainer import training_seconds
 from .cache import cached_scores
 from .config import RunConfig
 from .evaluate import evaluate_scored, provenance
@@ -36,9 +37,10 @@ def seeded_methods(methods: list[str]) -> list[str]:
 
 def run_seed_replicates(config: RunConfig, data: Mapping[str, DatasetRecords],
                         scored: Mapping[str, Mapping[str, MethodScores]],
-                        views: Mapping[int, Mapping[str, LoadedModel]], base: LoadedModel, out: Path
-                        ) -> dict[str, Any]:
-    """Per trained method, per dataset and pooled, each metric's value for every seed (the main seed first)."""
+                        views: Mapping[int, Mapping[str, LoadedModel]], base: LoadedModel, out: Path,
+                        artifacts: Mapping[int, Mapping[str, Path]]) -> dict[str, Any]:
+    """Per trained method, per dataset and pooled, each metric's value for every seed (the main seed first),
+    and the seconds the further seeds' training (``artifacts``) and scoring took."""
     methods = seeded_methods(config.methods)
     pooled_train = [r for d in data.values() for r in d.train]
     by_seed = {config.seed: {name: {m: scored[name][m] for m in methods} for name in data}}
@@ -55,7 +57,10 @@ def run_seed_replicates(config: RunConfig, data: Mapping[str, DatasetRecords],
             for m in methods:
                 for metric in SEED_METRICS:
                     values[m].setdefault(group, {}).setdefault(metric, []).append(result.methods[m][metric].value)
-    return {"seeds": list(by_seed), "metrics": list(SEED_METRICS), "values": values}
+    seconds = {"training": sum(training_seconds(p) for paths in artifacts.values() for p in paths.values()),
+               "scoring": sum(s.seconds + s.fit_seconds for seed, per_dataset in by_seed.items() if seed != config.seed
+                              for scores in per_dataset.values() for s in scores.values())}
+    return {"seeds": list(by_seed), "metrics": list(SEED_METRICS), "values": values, "seconds": seconds}
 
 
 def _groups(data: Mapping[str, DatasetRecords], seed_scores: Mapping[str, Mapping[str, MethodScores]],
