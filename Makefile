@@ -33,8 +33,8 @@ demo-full: $(STAMP)
 results: $(STAMP)
 	$(VENV)/bin/certa run configs/results.yaml
 
-# The part of it that docs/RESULTS.md shows, sized for a 2-core CPU (about 2 hours: 138 min of stage compute
-# on a shared machine).
+# The part of it that docs/RESULTS.md shows, sized for a 2-core CPU (265 min of stage compute on a shared
+# machine: its "Run time" table).
 results-cpu: $(STAMP)
 	$(VENV)/bin/certa run configs/results-cpu.yaml
 
