@@ -172,9 +172,9 @@ def readout_logits(model: torch.nn.Module, cache: AnswerCache, suffixes: Sequenc
 
     Without gradients (scoring), when every suffix has the same length (one follow-up text for every row,
     the usual case), the read-out is each row's last position and the LM head runs there alone
-    (``logits_to_keep=1``) instead of over every suffix token: 1.16× faster on the default model
-    (V = 49,152, a 5-token cue). With gradients (training) the same cut measured 8% slower a step
-    (``benchmarks/conftuner_step.py``), so training keeps the full head.
+    (``logits_to_keep=1``) instead of over every suffix token: 1.17× faster on the default model
+    (V = 49,152, a 5-token cue; ``benchmarks/readout_head.py``). With gradients (training) the same cut
+    measured 0.88–0.93× a step (docs/benchmarks.md), so training keeps the full head.
     """
     if (not HEAD_AT_READ_POSITION_ONLY or torch.is_grad_enabled()
             or len({len(s) for s in suffixes}) != 1):
