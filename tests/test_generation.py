@@ -218,6 +218,27 @@ def test_resume_skips_finished_ids(lm, examples, tmp_path, monkeypatch):
     assert [g.token_ids for g in again] == [g.token_ids for g in gens]
 
 
+def test_finished_output_is_read_without_locking_or_rewriting_it(lm, examples, tmp_path, monkeypatch):
+    # Two studies sharing a cache of finished answers start together: neither may take the file's lock.
+    out = tmp_path / "gens.jsonl"
+    gens = generate(lm, examples[:3], max_new_tokens=4, out=out, progress=False)
+    before = out.stat()
+
+    def no_appender(path):
+        raise AssertionError(f"opened an appender on the finished {path}")
+
+    monkeypatch.setattr("certa.generation.JsonlAppender", no_appender)
+    again = generate(lm, examples[:3], max_new_tokens=4, out=out, progress=False)
+    assert [g.token_ids for g in again] == [g.token_ids for g in gens]
+    after = out.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert not out.with_name(out.name + ".partial").exists()
+    with pytest.raises(InputError, match="lack hidden states"):  # what it lacks is still refused
+        generate(lm, examples[:3], max_new_tokens=4, hidden_states=True, out=out, progress=False)
+    with pytest.raises(AssertionError, match="opened an appender"):  # an unanswered example resumes as before
+        generate(lm, examples[:4], max_new_tokens=4, out=out, progress=False)
+
+
 class FailAfter:
     name = "fail"
 

@@ -23,6 +23,7 @@ import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -153,6 +154,10 @@ def generate(
     settings = _Settings(max_new_tokens, samples, temperature, hidden_states, tuple(hooks), seed, token_stats,
                          top_p, sample_answer)
     _check_arguments(examples, settings, batch_size)
+    finished = _complete_output(Path(out), examples) if out is not None else None
+    if finished is not None:
+        _check_resumable(out, list(finished.values()), settings)
+        return [finished[ex.id] for ex in examples]
     with contextlib.ExitStack() as stack:
         appender = stack.enter_context(JsonlAppender(out)) if out is not None else None
         done = _finished_generations(appender)
@@ -189,6 +194,20 @@ def _check_arguments(examples: list[Example], s: _Settings, batch_size: int) -> 
     for hook in s.hooks:
         if not getattr(hook, "name", None) or not callable(getattr(hook, "on_finished", None)):
             raise InputError(f"hook {hook!r} needs a 'name' and an 'on_finished(lm, batch)' method")
+
+
+def _complete_output(out: Path, examples: list[Example]) -> dict[str, Generation] | None:
+    """The finished file's generations of ``examples`` when it answers every one; else None.
+
+    Read without opening an appender: a finished file is only ever replaced whole
+    (renamed into place), so reading it needs no lock, and two runs that share a
+    cache of finished answers can start together instead of one refusing.
+    """
+    if not out.exists() or out.with_name(out.name + ".partial").exists():
+        return None
+    wanted = {ex.id for ex in examples}
+    done = {g.id: g for g in read_jsonl(out, Generation) if g.id in wanted}
+    return done if len(done) == len(wanted) else None
 
 
 def _finished_generations(appender: JsonlAppender | None) -> dict[str, Generation]:
