@@ -1,7 +1,8 @@
 """The configuration of ``certa demo``: the bundled default model on bundled data.
 
-Sizes are chosen so that ``--quick`` finishes within about two minutes on two
-CPU cores (after the one-time model conversion) and the full demo within about twenty.
+Sizes are chosen so that ``--quick`` finishes in about three minutes on an idle
+two-core CPU (after the one-time model conversion; docs/benchmarks.md has the
+measured stages) and the full demo within about twenty to forty.
 """
 
 from __future__ import annotations
