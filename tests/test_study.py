@@ -142,11 +142,17 @@ def test_refresh_stamp_redoes_outputs_only_when_settings_change(tmp_path):
 def test_run_time_section_adds_up_the_stages(study):
     stages = study.evaluation.extra["compute_seconds"]
     assert {"training: grace", "training: conftuner", "cross-domain: training", "further seeds: training",
-            "further seeds: scoring", "learning curve: training", "learning curve: scoring"} <= set(stages)
+            "further seeds: scoring", "learning curve: training", "learning curve: scoring",
+            "tuning: calibration answers", "tuning: training the other combinations",
+            "tuning: scoring calibration answers"} <= set(stages)
     assert all(seconds > 0 for seconds in stages.values())
     seed_logs = list((study.out / "artifacts" / "seed-1").glob("*/train_log.jsonl"))
     assert len(seed_logs) == 2 and stages["further seeds: training"] == pytest.approx(
         sum(json.loads(line)["seconds"] for log in seed_logs for line in log.read_text().splitlines()), rel=1e-6)
+    loser = next(row for row in study.tuning["grace"]["rows"] if row["values"] != study.tuning["grace"]["chosen"])
+    loser_log = Path(loser["artifact"]) / "train_log.jsonl"  # the chosen one is "training: grace"
+    assert stages["tuning: training the other combinations"] == pytest.approx(
+        sum(json.loads(line)["seconds"] for line in loser_log.read_text().splitlines()), rel=1e-6)
     assert "## Run time" in study.markdown.read_text()
 
 

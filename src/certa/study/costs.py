@@ -68,7 +68,8 @@ def generation_seconds(data: dict[str, DatasetRecords]) -> dict[str, dict[str, f
 
 def compute_seconds(data: dict[str, DatasetRecords], scored: dict[str, dict[str, MethodScores]],
                     artifacts: dict[str, Path], cross: dict[str, Any], scaling: dict[str, Any],
-                    seeds: dict[str, Any] | None = None, curve: dict[str, Any] | None = None) -> dict[str, float]:
+                    seeds: dict[str, Any] | None = None, curve: dict[str, Any] | None = None,
+                    tuning: dict[str, Any] | None = None) -> dict[str, float]:
     """The compute each stage took when it ran, from the timings its cache kept.
 
     This is what a run from scratch costs (less model loading), however many
@@ -88,6 +89,13 @@ def compute_seconds(data: dict[str, DatasetRecords], scored: dict[str, dict[str,
         if summary:
             stages[f"{label}: training"] = summary["seconds"]["training"]
             stages[f"{label}: scoring"] = summary["seconds"]["scoring"]
+    if tuning:
+        # The chosen combination's training is the study's own artifact, counted above under "training".
+        rows = [(row, row["values"] == t["chosen"]) for t in tuning.values() for row in t["rows"]]
+        stages["tuning: calibration answers"] = sum(sum(phase_seconds(d.calibration).values()) for d in data.values())
+        stages["tuning: training the other combinations"] = sum(
+            row["seconds"]["training"] for row, chosen in rows if not chosen)
+        stages["tuning: scoring calibration answers"] = sum(row["seconds"]["scoring"] for row, _ in rows)
     if scaling:
         stages["scaling: sampled answers with confidence"] = (
             scaling["answer_seconds"] + scaling["sample_seconds"] + scaling["realtime_confidence_seconds"])

@@ -120,7 +120,7 @@ def run_study(config: RunConfig) -> StudyResult:
         "datasets": {name: {"train": len(d.train), "test": len(d.test)} for name, d in data.items()},
         "costs": costs,
         "generation_seconds": generation_seconds(data),
-        "compute_seconds": compute_seconds(data, scored, artifacts, cross, scaling, seeds, curve),
+        "compute_seconds": compute_seconds(data, scored, artifacts, cross, scaling, seeds, curve, tuning),
         "diagnostics": {m: {name: scored[name][m].diagnostics for name in data} for m in config.methods},
         "tuning": {m: {k: v for k, v in t.items() if k != "rows"} for m, t in tuning.items()},
         "by_dataset": {name: res.to_dict() for name, res in per_dataset.items()},

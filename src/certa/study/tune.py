@@ -16,6 +16,7 @@ import gc
 import itertools
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .. import metrics
 from ..methods.base import get_method
 from ..models import load_model
 from ..records import Record, atomic_write_text
+from ..training.trainer import training_seconds
 from .config import RunConfig
 from .stages import fingerprint
 from .training import train_artifact
@@ -65,7 +67,9 @@ def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence
     out = root / fingerprint(values)[:12]
     artifact = train_artifact(config, method, train_config, train, out)
     lm = load_model(artifact)
+    start = time.perf_counter()
     scores = get_method(method, model=lm)(calibration)
+    scoring = time.perf_counter() - start
     del lm
     gc.collect()
     correct = np.array([r.correct for r in calibration])
@@ -73,7 +77,8 @@ def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence
     return {"values": values, "artifact": str(out), "brier": metrics.brier(scores, correct),
             "nll": metrics.nll(scores, correct), "ece": metrics.ece(scores, correct),
             "auroc": metrics.auroc(scores, correct), "steps": info.get("steps"),
-            "best_step": (info.get("validation") or {}).get("best_step")}
+            "best_step": (info.get("validation") or {}).get("best_step"),
+            "seconds": {"training": training_seconds(artifact), "scoring": scoring}}
 
 
 def _note_choice(artifact: Path, tuning: dict[str, Any]) -> None:
