@@ -37,6 +37,11 @@ class MethodScores:
     fit_seconds: float = 0.0
     needs: list[str] = field(default_factory=list)
 
+    @property
+    def total_seconds(self) -> float:
+        """Fitting and scoring together: what this method cost the run."""
+        return self.seconds + self.fit_seconds
+
     def summary(self) -> dict[str, Any]:
         """Everything but the scores (what a score cache keeps beside them)."""
         return {"seconds": self.seconds, "fit_seconds": self.fit_seconds, "cost": self.cost,

@@ -81,7 +81,7 @@ def compute_seconds(data: dict[str, DatasetRecords], scored: dict[str, dict[str,
     for name, path in artifacts.items():
         stages[f"training: {name}"] = training_seconds(path)
     stages["scoring and fitting: every method"] = sum(
-        s.seconds + s.fit_seconds for per_dataset in scored.values() for s in per_dataset.values())
+        s.total_seconds for per_dataset in scored.values() for s in per_dataset.values())
     if cross:
         stages["cross-domain: training"] = cross["seconds"]["training"]
         stages["cross-domain: scoring and fitting"] = cross["seconds"]["scoring"]

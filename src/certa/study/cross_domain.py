@@ -53,7 +53,7 @@ def run_cross_domain(config: RunConfig, base: LoadedModel, data: Mapping[str, Da
             scored = cached_scores(methods, data[target].test, root / f"{source}-to-{target}.scores.jsonl",
                                    fit_records=data[source].train, models=views[source], default_model=base,
                                    provenance=provenance(config, views[source]))
-            seconds["scoring"] += sum(x.seconds + x.fit_seconds for x in scored.values())
+            seconds["scoring"] += sum(x.total_seconds for x in scored.values())
             result = evaluate_scored(config, data[target].test, scored)
             for method in methods:
                 estimates = result.methods[method]

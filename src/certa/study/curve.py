@@ -80,7 +80,7 @@ def score_learning_curve(config: RunConfig, train: Sequence[Record], test: Seque
         models = {m: views[f"{m}@{size}"] for m in trained_methods(config.methods)}
         scored = cached_scores(list(models), test, out / "learning_curve" / f"{size}" / "scores.jsonl",
                                models=models, default_model=base, provenance=provenance(config, models))
-        scoring += sum(s.seconds + s.fit_seconds for s in scored.values())
+        scoring += sum(s.total_seconds for s in scored.values())
         result = evaluate_scored(config, test, scored)
         for method in models:
             rows.append({"method": method, "train_answers": size,

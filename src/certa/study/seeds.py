@@ -58,7 +58,7 @@ def run_seed_replicates(config: RunConfig, data: Mapping[str, DatasetRecords],
                 for metric in SEED_METRICS:
                     values[m].setdefault(group, {}).setdefault(metric, []).append(result.methods[m][metric].value)
     seconds = {"training": sum(training_seconds(p) for paths in artifacts.values() for p in paths.values()),
-               "scoring": sum(s.seconds + s.fit_seconds for seed, per_dataset in by_seed.items() if seed != config.seed
+               "scoring": sum(s.total_seconds for seed, per_dataset in by_seed.items() if seed != config.seed
                               for scores in per_dataset.values() for s in scores.values())}
     return {"seeds": list(by_seed), "metrics": list(SEED_METRICS), "values": values, "seconds": seconds}
 
