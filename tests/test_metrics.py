@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -97,6 +98,41 @@ def test_ece_equal_mass_hand_case():
 def test_ece_averages_partial_credit():
     # Both answers fall in bin [.5, .6): mean confidence .5, mean correctness (.3 + .9) / 2 = .6.
     assert metrics.ece([0.5, 0.5], [0.3, 0.9]) == pytest.approx(0.1)
+
+
+def _exact_chance_ece(conf: np.ndarray, p_correct: np.ndarray, n_bins: int,
+                      strategy: str = "uniform") -> tuple[float, float]:
+    """Mean and sd of the ECE over every possible grading, each weighted by its probability."""
+    values, weights = [], []
+    for bits in itertools.product((0.0, 1.0), repeat=conf.size):
+        y = np.array(bits)
+        weights.append(float(np.prod(np.where(y == 1.0, p_correct, 1.0 - p_correct))))
+        values.append(metrics.ece(conf, y, n_bins, strategy))
+    mean = float(np.dot(weights, values))
+    return mean, math.sqrt(float(np.dot(weights, (np.array(values) - mean) ** 2)))
+
+
+def test_ece_by_chance_matches_the_exact_expectation_over_gradings():
+    conf = np.array([0.1, 0.35, 0.4, 0.8, 0.9, 0.55, 0.35])
+    for p_correct, strategy in ((None, "uniform"), (np.array([0.3, 0.1, 0.9, 0.5, 0.95, 0.0, 0.7]), "uniform"),
+                                (None, "quantile")):
+        want_mean, want_sd = _exact_chance_ece(conf, conf if p_correct is None else p_correct, 4, strategy)
+        mean, sd = metrics.ece_by_chance(conf, p_correct, n_bins=4, strategy=strategy, n_draws=40_000, seed=1)
+        assert mean == pytest.approx(want_mean, abs=4 * want_sd / math.sqrt(40_000))
+        assert sd == pytest.approx(want_sd, rel=0.03)
+    # A calibrated reader is not at 0 on few answers: two answers at .5 in one bin are both right or
+    # both wrong half the time (ECE .5) and split otherwise (ECE 0).
+    assert metrics.ece_by_chance([0.5, 0.5], n_draws=40_000)[0] == pytest.approx(0.25, abs=0.01)
+
+
+def test_ece_by_chance_is_zero_for_certain_grades_and_checks_its_input():
+    assert metrics.ece_by_chance([0.0, 1.0, 1.0], n_draws=5) == (0.0, 0.0)
+    with pytest.raises(InputError, match="p_correct has 2 values for 3"):
+        metrics.ece_by_chance([0.2, 0.4, 0.6], [0.5, 0.5])
+    with pytest.raises(InputError, match=r"p_correct\[1\]"):
+        metrics.ece_by_chance([0.2, 0.4], [0.5, float("nan")])
+    with pytest.raises(InputError, match="n_draws"):
+        metrics.ece_by_chance([0.2, 0.4], n_draws=0)
 
 
 def test_equal_mass_bins_keep_ties_together_and_ignore_input_order():

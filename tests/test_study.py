@@ -234,3 +234,27 @@ def test_grace_es_threshold_is_chosen_on_calibration_questions(study):
 
     tau, _ = choose_tau(calibration, ScalingSettings(**settings))
     assert s["tau"] == tau and len(s["calibration_tau_sweep"]) == len(settings["tau_sweep"])
+
+
+def test_grace_ece_target_sets_the_measured_ece_beside_what_chance_alone_gives(tmp_path):
+    from certa.evaluation import evaluate
+    from certa.metrics import ece, ece_by_chance
+    from certa.study.claims import claims_section
+    from certa.study.result import StudyResult
+
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.05, 0.75, 300)
+    correct = (rng.random(300) < np.clip(conf + 0.12, 0, 1)).astype(float)  # under-confident by .12
+    probe = np.clip(conf + rng.normal(0, 0.1, 300), 0, 1)
+    res = evaluate(correct, {"grace": conf, "linear_probe": probe}, n_bootstrap=50)
+    config = RunConfig.model_validate({"methods": ["grace", "linear_probe"], "evaluation": {"n_bootstrap": 50}})
+    text = claims_section(StudyResult(tmp_path, res, {"toy": res}, {}, {}), config)
+
+    row = next(line for line in text.splitlines() if "toy: GrACE's ECE ≤ 0.05" in line)
+    floor = ece_by_chance(conf, n_bins=10, seed=0)
+    offset = correct.mean() - conf.mean()
+    shifted = ece_by_chance(conf, np.clip(conf + offset, 0, 1), n_bins=10, seed=0)
+    assert f"{ece(conf, correct):.3f} (" in row and row.rstrip(" |").endswith("missed")
+    assert f"{floor[0]:.3f} ± {floor[1]:.3f} by chance on 300 answers" in row
+    assert f"({offset:+.3f}): {shifted[0]:.3f}" in row
+    assert 0.03 < floor[0] < 0.07 < shifted[0]  # the offset, not chance, is what this reader misses by

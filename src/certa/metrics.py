@@ -63,6 +63,7 @@ __all__ = [
     "brier_decomposition",
     "check_inputs",
     "ece",
+    "ece_by_chance",
     "mce",
     "nll",
     "paired_difference",
@@ -72,7 +73,6 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- input checks
 # --------------------------------------------------------------------------- input checks
 
 
@@ -389,6 +389,49 @@ def ece(conf: ArrayLike, correct: ArrayLike, n_bins: int = 10, strategy: Strateg
     """
     _check_bins(n_bins, strategy)
     return float(_ece(_Levels.of(conf, correct), n_bins, strategy)[0])
+
+
+def ece_by_chance(conf: ArrayLike, p_correct: ArrayLike | None = None, n_bins: int = 10,
+                  strategy: Strategy = "uniform", n_draws: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The ECE these confidences show by chance alone: its mean and standard deviation over drawn grades.
+
+    Each answer ``i`` is drawn right with probability ``p_correct[i]`` (default:
+    ``conf[i]``, a reader that *is* perfectly calibrated) and the ECE of ``conf``
+    against the drawn grades is averaged over ``n_draws`` draws. A binned ECE on a
+    few hundred answers is never near 0 even for a calibrated reader — each bin's
+    accuracy is itself a noisy estimate — so a measured ECE means little until it
+    is set beside this floor. Passing ``p_correct`` asks other questions, e.g.
+    ``conf + shift`` for a reader calibrated except for one offset in level.
+
+    Returns
+    -------
+    (mean, sd) : tuple of float
+        The chance ECE's mean and its standard deviation over the draws.
+    """
+    _check_bins(n_bins, strategy)
+    if not _is_count(n_draws) or n_draws < 1:
+        raise InputError(f"n_draws must be a positive integer, got {n_draws!r}")
+    c = as_unit_array(conf, "conf")
+    if c.size == 0:
+        raise InputError("conf is empty: there is no answer to draw a grade for")
+    p = c if p_correct is None else as_unit_array(p_correct, "p_correct")
+    if p.shape != c.shape:
+        raise InputError(f"p_correct has {p.size} values for {c.size} confidences")
+    # Bins depend on the confidences only, so every draw shares them: ECE = sum_b |sum_(i in b) (y_i - c_i)| / n.
+    levels = _Levels(c, np.zeros_like(c))
+    _, conf_sums, _, level_bin = _bin_sums(levels, n_bins, strategy)
+    answer_bin = np.repeat(level_bin[0], levels.weight[0].astype(np.int64))  # ascending-confidence order
+    in_bin = np.zeros((c.size, n_bins))
+    in_bin[np.arange(c.size), answer_bin] = 1.0
+    p_sorted = p[np.argsort(c, kind="stable")]
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_WEIGHTS // c.size)
+    values = []
+    for start in range(0, n_draws, chunk):
+        grades = rng.random((min(chunk, n_draws - start), c.size)) < p_sorted
+        values.append(np.abs(grades @ in_bin - conf_sums[0]).sum(axis=1) / c.size)
+    drawn = np.concatenate(values)
+    return float(drawn.mean()), float(drawn.std())
 
 
 def mce(conf: ArrayLike, correct: ArrayLike, n_bins: int = 10, strategy: Strategy = "uniform") -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..evaluation import METRICS, EvaluationResult, markdown_table
 from ..methods.base import MethodSpec
-from ..metrics import paired_difference, paired_mean_difference
+from ..metrics import ece_by_chance, paired_difference, paired_mean_difference
 from .result import StudyResult
 
 if TYPE_CHECKING:
@@ -187,8 +187,19 @@ def _grace_targets(result: StudyResult, config: RunConfig) -> list[Claim | None]
         out.append(Claim("certa", f"{name}: GrACE's AUROC is not below the linear probe's (paired interval reaches 0)",
                          f"GrACE − probe = {_diff_text(diff)}", _met(diff[2] >= 0)))
         ece = res.methods["grace"]["ece"].value
-        out.append(Claim("certa", f"{name}: GrACE's ECE ≤ 0.05", f"{ece:.3f}", _met(ece <= 0.05)))
+        out.append(Claim("certa", f"{name}: GrACE's ECE ≤ 0.05", f"{ece:.3f} ({_chance_ece_text(res, 'grace', config)})",
+                         _met(ece <= 0.05)))
     return out
+
+
+def _chance_ece_text(res: EvaluationResult, method: str, config: RunConfig) -> str:
+    """What ``method``'s confidences would score by chance alone: calibrated, and calibrated but for its offset."""
+    conf = res.scores[method]
+    calibrated = ece_by_chance(conf, n_bins=config.evaluation.n_bins, seed=config.seed)
+    offset = res.accuracy.value - float(np.mean(conf))
+    shifted = ece_by_chance(conf, np.clip(conf + offset, 0.0, 1.0), n_bins=config.evaluation.n_bins, seed=config.seed)
+    return (f"a calibrated reader of the same confidences: {calibrated[0]:.3f} ± {calibrated[1]:.3f} by chance "
+            f"on {conf.size} answers; one off only by the mean offset ({offset:+.3f}): {shifted[0]:.3f}")
 
 
 def _conftuner_targets(result: StudyResult, config: RunConfig) -> list[Claim | None]:
