@@ -180,12 +180,20 @@ def test_tuning_judges_every_combination_on_calibration_answers_and_the_study_us
     calibration = [r for name in ("a", "b") for r in stages.load_records(study.out / name / "calibration.records.jsonl")]
     test_ids = {r.id for name in ("a", "b") for r in stages.load_records(study.out / name / "test.records.jsonl")}
     assert t["calibration_answers"] == len(calibration) > 0 and not {r.id for r in calibration} & test_ids
+    by_name = {name: stages.load_records(study.out / name / "calibration.records.jsonl") for name in ("a", "b")}
+    for row in t["rows"]:  # each dataset judged on its own answers too
+        assert {name: v["answers"] for name, v in row["by_dataset"].items()} == {n: len(r) for n, r in by_name.items()}
+        for name, judged in row["by_dataset"].items():
+            both_kinds = len({r.correct >= 0.5 for r in by_name[name]}) == 2  # else AUROC is undefined
+            assert (0 <= judged["auroc"] <= 1) if both_kinds else np.isnan(judged["auroc"])
+            assert judged["sd"] >= 0 and 0 <= judged["brier"] <= 1
     best = min(t["rows"], key=lambda row: row["brier"])
     assert t["chosen"] == best["values"]
     info = json.loads((study.artifacts["grace"] / "certa.json").read_text())
     assert info["train_config"]["token_lr"] == best["values"]["token_lr"] and info["tuning"]["chosen"] == t["chosen"]
     text = study.markdown.read_text()
     assert "## How the trained methods' settings were chosen" in text and "calibration-split" in text
+    assert "AUROC a (sd of confidences)" in text and "AUROC b (sd of confidences)" in text
 
 
 def test_seed_replicates_retrain_only_the_trained_methods(study):

@@ -178,18 +178,24 @@ def _tuning_section(tuning: dict[str, Any]) -> str:
         return ""
     parts = ["## How the trained methods' settings were chosen\n\nA grid search per method: each combination "
              "trained on the pooled train answers and judged on the pooled **calibration-split** answers (no test "
-             "answer is seen); the one with the best criterion (bold) is what every table above uses."]
+             "answer is seen); the one with the best criterion (bold) is what every table above uses. Each "
+             "dataset's own AUROC and the spread of its confidences stand beside the pooled scores: a read-out that "
+             "reads one dataset at a single level (sd near 0) can still score well pooled."]
     for method, t in tuning.items():
         names = sorted(t["grid"])
+        datasets = list(t["rows"][0].get("by_dataset", {})) if t["rows"] else []
         rows = []
         for row in t["rows"]:
             chosen = row["values"] == t["chosen"]
+            per_dataset = row.get("by_dataset", {})
             cells = [str(row["values"][n]) for n in names] + [
-                f"{row[k]:.3f}" for k in ("brier", "ece", "auroc")] + [f"{row.get('best_step') or row.get('steps')}"]
+                f"{row[k]:.3f}" for k in ("brier", "ece", "auroc")] + [
+                f"{per_dataset[d]['auroc']:.3f} (sd {per_dataset[d]['sd']:.3f})" if d in per_dataset else "–"
+                for d in datasets] + [f"{row.get('best_step') or row.get('steps')}"]
             rows.append([f"**{c}**" for c in cells] if chosen else cells)
+        header = [*names, "Brier ↓", "ECE ↓", "AUROC ↑", *(f"AUROC {d} (sd of confidences)" for d in datasets), "steps"]
         parts.append(f"### {_method_label(method)} ({t['calibration_answers']} calibration answers, criterion: "
-                     f"{t['criterion']})\n\n" + markdown_table([*names, "Brier ↓", "ECE ↓", "AUROC ↑", "steps"],
-                                                               rows, align="r"))
+                     f"{t['criterion']}, pooled)\n\n" + markdown_table(header, rows, align="r"))
     return "\n\n".join(parts)
 
 

@@ -74,7 +74,7 @@ def run_study(config: RunConfig) -> StudyResult:
     del base  # training loads its own copy; freeing this one keeps one base model in memory at a time
     gc.collect()
     pooled_train = [r for d in data.values() for r in d.train]
-    tuning = (run_tuning(config, pooled_train, [r for d in data.values() for r in d.calibration], out / "tuning")
+    tuning = (run_tuning(config, pooled_train, {name: d.calibration for name, d in data.items()}, out / "tuning")
               if config.tuning else {})
     tuned = {m: t["chosen"] for m, t in tuning.items()}
     artifacts = train_methods(config, pooled_train, out / "artifacts", tuned,
@@ -153,7 +153,7 @@ def tune_study(config: RunConfig) -> dict[str, Any]:
     del base
     gc.collect()
     return run_tuning(config, [r for d in data.values() for r in d.train],
-                      [r for d in data.values() for r in d.calibration], out / "tuning")
+                      {name: d.calibration for name, d in data.items()}, out / "tuning")
 
 
 def peak_memory_gb() -> float:

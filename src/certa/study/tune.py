@@ -17,7 +17,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,17 @@ def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values, strict=True)) for values in itertools.product(*(grid[n] for n in names))]
 
 
-def run_tuning(config: RunConfig, train: Sequence[Record], calibration: Sequence[Record], root: Path
+def run_tuning(config: RunConfig, train: Sequence[Record], calibration: Mapping[str, Sequence[Record]], root: Path
                ) -> dict[str, dict[str, Any]]:
-    """Search each grid; return (and write to ``root/tuning.json``) per method its rows and chosen values."""
+    """Search each grid; return (and write to ``root/tuning.json``) per method its rows and chosen values.
+
+    ``calibration`` maps each dataset to its calibration-split answers: the criterion is taken on all of them
+    pooled, and each row also reports every dataset's own Brier score, AUROC and spread of confidences, which
+    show a read-out that ranks one dataset and reads another at one level (a pooled score cannot).
+    """
     assert config.tuning is not None
-    if not calibration:
+    pooled = [r for records in calibration.values() for r in records]
+    if not pooled:
         raise ValueError("tuning needs calibration-split answers; none were generated")
     results: dict[str, dict[str, Any]] = {}
     for method, grid in config.tuning.grids.items():
@@ -53,7 +59,7 @@ def run_tuning(config: RunConfig, train: Sequence[Record], calibration: Sequence
         best = min(rows, key=lambda row: row[config.tuning.criterion])
         results[method] = {"grid": grid, "criterion": config.tuning.criterion, "rows": rows,
                            "chosen": best["values"], "artifact": best["artifact"],
-                           "calibration_answers": len(calibration)}
+                           "calibration_answers": len(pooled)}
         _note_choice(Path(best["artifact"]), {k: v for k, v in results[method].items() if k != "rows"})
         log.info("tuning %s: chose %s (%s %.4f)", method, best["values"], config.tuning.criterion,
                  best[config.tuning.criterion])
@@ -62,23 +68,33 @@ def run_tuning(config: RunConfig, train: Sequence[Record], calibration: Sequence
 
 
 def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence[Record],
-         calibration: Sequence[Record], root: Path) -> dict[str, Any]:
+         calibration: Mapping[str, Sequence[Record]], root: Path) -> dict[str, Any]:
     train_config = config.train_config(method, values)
     out = root / fingerprint(values)[:12]
     artifact = train_artifact(config, method, train_config, train, out)
     lm = load_model(artifact)
+    pooled = [r for records in calibration.values() for r in records]
     start = time.perf_counter()
-    scores = get_method(method, model=lm)(calibration)
+    scores = get_method(method, model=lm)(pooled)
     scoring = time.perf_counter() - start
     del lm
     gc.collect()
-    correct = np.array([r.correct for r in calibration])
+    correct = np.array([r.correct for r in pooled])
     info = json.loads((artifact / "certa.json").read_text(encoding="utf-8"))
+    ends = np.cumsum([len(records) for records in calibration.values()])
+    by_dataset = {name: _judged(scores[end - len(records):end], correct[end - len(records):end])
+                  for (name, records), end in zip(calibration.items(), ends, strict=True) if records}
     return {"values": values, "artifact": str(out), "brier": metrics.brier(scores, correct),
             "nll": metrics.nll(scores, correct), "ece": metrics.ece(scores, correct),
-            "auroc": metrics.auroc(scores, correct), "steps": info.get("steps"),
+            "auroc": metrics.auroc(scores, correct), "by_dataset": by_dataset, "steps": info.get("steps"),
             "best_step": (info.get("validation") or {}).get("best_step"),
             "seconds": {"training": training_seconds(artifact), "scoring": scoring}}
+
+
+def _judged(scores: np.ndarray, correct: np.ndarray) -> dict[str, float | int]:
+    """One dataset's calibration answers: how many, their Brier score and AUROC, and the confidences' spread."""
+    return {"answers": int(correct.size), "brier": metrics.brier(scores, correct),
+            "auroc": metrics.auroc(scores, correct), "sd": float(np.std(scores))}
 
 
 def _note_choice(artifact: Path, tuning: dict[str, Any]) -> None:
