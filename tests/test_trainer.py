@@ -179,6 +179,21 @@ def test_optimizer_has_separate_token_learning_rate(fresh_lm):
     assert len(groups[1]["params"]) == 1 and groups[1]["params"][0].shape[0] == 1
 
 
+def test_all_linear_puts_lora_on_every_linear_layer_but_the_head_and_conftuner_defaults_to_it(fresh_lm):
+    from certa.methods.conftuner.config import ConfTunerConfig
+    from certa.training.trainer import attach_adapter
+
+    lm = fresh_lm()
+    linear = {name.rsplit(".", 1)[-1] for name, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    attach_adapter(lm, CONFIG.model_copy(update={"target_modules": ["all-linear"]}), [])
+    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in lm.model.named_parameters() if "lora_A" in name}
+    assert adapted == linear - {"lm_head"} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"}
+    assert ConfTunerConfig().target_modules == ["all-linear"] and CONFIG.target_modules == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match="list it alone"):
+        ConfTunerConfig(target_modules=["all-linear", "q_proj"])
+
+
 def test_empty_records_is_an_input_error(fresh_lm, tmp_path):
     from certa.errors import InputError
 

@@ -3,7 +3,7 @@
 ``python -m certa.models.bundling runs/results`` takes the study that ``configs/results-cpu.yaml``
 describes (the one behind docs/RESULTS.md), and for every built-in artifact (:data:`~certa.models.bundled.BUNDLED_ARTIFACTS`)
 copies ``runs/results/artifacts/<method>/`` into ``src/certa/artifacts/<name>/`` as a slim
-artifact: the adapter, ``adapter_config.json`` and ``certa.json`` (plus the tokens the method added
+artifact: the adapter (its LoRA matrices in float16), ``adapter_config.json`` and ``certa.json`` (plus the tokens the method added
 and the study's datasets), without checkpoints, logs or the base model's tokenizer. The study's
 held-out metrics (its ``metrics.json``: pooled and per dataset, with bootstrap intervals) go into
 the model card. The copy is written to a temporary directory and renamed into place, and the
@@ -29,6 +29,7 @@ from . import bundled
 from .card import add_evaluation_to_card, write_model_card
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def added_tokens(artifact_dir: Path) -> list[list[Any]]:
@@ -58,7 +59,9 @@ def bundle_artifact(src: str | os.PathLike[str], name: str, *, root: str | os.Pa
     try:
         files = [*bundled.REQUIRED, *(bundled.TOKENIZER_FILES if with_tokenizer else ())]
         for file in files:
-            if file != "README.md" and (source / file).is_file():
+            if file == ADAPTER_WEIGHTS and (source / file).is_file():
+                _copy_lora_as_half(source / file, tmp / file)
+            elif file != "README.md" and (source / file).is_file():
                 shutil.copy2(source / file, tmp / file)
         if not with_tokenizer:
             info["added_tokens"] = added_tokens(source)
@@ -81,6 +84,21 @@ def bundle_artifact(src: str | os.PathLike[str], name: str, *, root: str | os.Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _copy_lora_as_half(src: Path, dst: Path) -> None:
+    """Copy adapter weights with the LoRA matrices in float16: half the size, as adapters usually ship.
+
+    Loading casts them back to the model's dtype. Other tensors (GrACE's trained ``<CNF>`` row) keep their
+    precision: the read-out depends on that row directly, while a LoRA update's rounding moves a
+    confidence by about 1e-4.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(src))
+    save_file({name: t.to(torch.float16) if "lora_" in name and t.dtype == torch.float32 else t
+               for name, t in tensors.items()}, str(dst), metadata={"format": "pt"})
 
 
 def _training_datasets(study: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ALL_LINEAR = "all-linear"
+"""A ``target_modules`` entry that puts LoRA on every linear layer except the output head (PEFT resolves it)."""
 
 
 class TrainConfig(BaseModel):
@@ -27,7 +30,9 @@ class TrainConfig(BaseModel):
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"],
-                                      description="module names that get LoRA; empty: no LoRA")
+                                      description="module names that get LoRA; ['all-linear']: every linear layer "
+                                      "but the output head, whatever the architecture names them (PEFT's "
+                                      "shorthand); empty: no LoRA")
     mode: Literal["suffix", "full"] = Field(
         "suffix",
         description="suffix: adapter only on the confidence read-out (answers unchanged); "
@@ -52,6 +57,13 @@ class TrainConfig(BaseModel):
         "lowers their out-of-fold Brier score by more than a standard error, else none; and their accuracy as a "
         "constant when the read-out does no better than that), none (the read-out as trained), platt "
         "(sigmoid(a·logit(c)+b), a ≥ 0) or beta (sigmoid(a·ln c − b·ln(1−c) + m), a, b ≥ 0)")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_stands_alone(cls, modules: list[str]) -> list[str]:
+        if ALL_LINEAR in modules and len(modules) > 1:
+            raise ValueError(f"'{ALL_LINEAR}' already selects every linear layer; list it alone")
+        return modules
 
     def token_learning_rate(self) -> float:
         """Learning rate of added token rows (methods that add tokens set their own)."""

@@ -26,7 +26,7 @@ import torch
 from ..errors import InputError, MissingDependencyError
 from ..models.artifact import save_artifact
 from ..recalibration import IDENTITY, choose_map, fit_map
-from .config import TrainConfig
+from .config import ALL_LINEAR, TrainConfig
 from .objective import Objective
 from .validation import EarlyStopping, split_validation, validation_confidences
 
@@ -159,7 +159,8 @@ def attach_adapter(lm: LoadedModel, config: TrainConfig, token_ids: Sequence[int
     if config.target_modules:
         peft_config = LoraConfig(
             r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules=list(config.target_modules), trainable_token_indices=rows, task_type="CAUSAL_LM",
+            target_modules=ALL_LINEAR if config.target_modules == [ALL_LINEAR] else list(config.target_modules),
+            trainable_token_indices=rows, task_type="CAUSAL_LM",
         )
     elif rows:
         peft_config = TrainableTokensConfig(target_modules=list(rows), token_indices=token_ids)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ...training.config import TrainConfig
+from ...training.config import ALL_LINEAR, TrainConfig
 
 
 class ConfTunerConfig(TrainConfig):
@@ -18,3 +18,8 @@ class ConfTunerConfig(TrainConfig):
     prompt: Literal["cue", "follow_up"] = Field(
         "cue", description="how the confidence is asked for after the answer: cue (only 'Confidence:', a few "
         "tokens: the tuned read-out costs almost nothing) or follow_up (the untrained verbalized request, ~40 tokens)")
+    target_modules: list[str] = Field(
+        default_factory=lambda: [ALL_LINEAR],
+        description="module names that get LoRA; default: every linear layer but the output head. The paper put "
+        "LoRA on q/v on 7-8B models; on SmolLM2-135M such an adapter read one dataset's answers all at one level, "
+        "one on every linear layer did not (docs/conftuner.md)")
