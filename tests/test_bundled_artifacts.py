@@ -115,6 +115,17 @@ def test_bundling_a_study_copies_each_trained_method_and_checks_the_budget(grace
     assert "skip default-conftuner" in out and "default-grace:" in out and "of 10 MB" in out
     assert sorted(p.name for p in root.iterdir()) == ["default-grace"]
 
+    # With a tuning search, the tables used its winner, and so does bundling (not artifacts/<method>).
+    winner = study / "tuning" / "grace" / "0123abcd"
+    shutil.copytree(grace_artifact[0], winner)
+    info = json.loads((winner / "certa.json").read_text(encoding="utf-8"))
+    (winner / "certa.json").write_text(json.dumps({**info, "tuning": {"chosen": {"lr": 1}}}), encoding="utf-8")
+    tuned = {**STUDY, "extra": {**STUDY["extra"], "tuning": {"grace": {"artifact": "elsewhere/tuning/grace/0123abcd"}}}}
+    (study / "metrics.json").write_text(json.dumps(tuned), encoding="utf-8")
+    assert main([str(study), "--root", str(root)]) == 0
+    assert json.loads((root / "default-grace" / "certa.json").read_text(encoding="utf-8"))["tuning"] == {
+        "chosen": {"lr": 1}}
+
 
 def test_a_missing_bundled_artifact_says_how_it_is_built(package_root):
     import certa

@@ -2,7 +2,8 @@
 
 ``python -m certa.models.bundling runs/results`` takes the study that ``configs/results-cpu.yaml``
 describes (the one behind docs/RESULTS.md), and for every built-in artifact (:data:`~certa.models.bundled.BUNDLED_ARTIFACTS`)
-copies ``runs/results/artifacts/<method>/`` into ``src/certa/artifacts/<name>/`` as a slim
+copies the artifact the study's tables used for its method (the tuning search's winner in
+``runs/results/tuning/<method>/``, else ``runs/results/artifacts/<method>/``) into ``src/certa/artifacts/<name>/`` as a slim
 artifact: the adapter (its LoRA matrices in float16), ``adapter_config.json`` and ``certa.json`` (plus the tokens the method added
 and the study's datasets), without checkpoints, logs or the base model's tokenizer. The study's
 held-out metrics (its ``metrics.json``: pooled and per dataset, with bootstrap intervals) go into
@@ -117,6 +118,12 @@ def study_metrics(study: Mapping[str, Any], method: str) -> list[tuple[str, str,
     return found
 
 
+def study_artifact(study_dir: Path, study: Mapping[str, Any], method: str) -> Path:
+    """The artifact a study's tables used for ``method``: its tuning search's winner, else ``artifacts/<method>``."""
+    chosen = (((study.get("extra") or {}).get("tuning") or {}).get(method) or {}).get("artifact")
+    return study_dir / "tuning" / method / Path(chosen).name if chosen else study_dir / "artifacts" / method
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m certa.models.bundling", description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path, help="output directory of a `certa run` study (make artifacts: runs/results)")
@@ -126,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = read_json_object(args.study / "metrics.json")
         for name, entry in bundled.BUNDLED_ARTIFACTS.items():
-            src = args.study / "artifacts" / entry.method
+            src = study_artifact(args.study, study, entry.method)
             if not (src / "certa.json").is_file():
                 print(f"skip {name}: no trained {entry.method} in {src}")
                 continue

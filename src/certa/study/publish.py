@@ -188,7 +188,7 @@ def _tuning_section(tuning: dict[str, Any]) -> str:
         for row in t["rows"]:
             chosen = row["values"] == t["chosen"]
             per_dataset = row.get("by_dataset", {})
-            cells = [str(row["values"][n]) for n in names] + [
+            cells = [_grid_value(row["values"][n]) for n in names] + [
                 f"{row[k]:.3f}" for k in ("brier", "ece", "auroc")] + [
                 f"{per_dataset[d]['auroc']:.3f} (sd {per_dataset[d]['sd']:.3f})" if d in per_dataset else "–"
                 for d in datasets] + [f"{row.get('best_step') or row.get('steps')}"]
@@ -197,6 +197,11 @@ def _tuning_section(tuning: dict[str, Any]) -> str:
         parts.append(f"### {_method_label(method)} ({t['calibration_answers']} calibration answers, criterion: "
                      f"{t['criterion']}, pooled)\n\n" + markdown_table(header, rows, align="r"))
     return "\n\n".join(parts)
+
+
+def _grid_value(value: Any) -> str:
+    """A grid value as a table cell: a list (e.g. LoRA target modules) as its items, comma-separated."""
+    return ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def _seeds_section(seeds: dict[str, Any]) -> str:
