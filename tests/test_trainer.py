@@ -194,6 +194,25 @@ def test_all_linear_puts_lora_on_every_linear_layer_but_the_head_and_conftuner_d
         ConfTunerConfig(target_modules=["all-linear", "q_proj"])
 
 
+def test_wrapping_and_loading_adapters_print_no_deprecation_notice_of_peft_but_keep_others(fresh_lm, tmp_path):
+    import warnings
+
+    from certa.models import load_model
+    from certa.models.adapters import quiet_peft_wrapping
+
+    lm = fresh_lm()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        out = train(ToyObjective(), lm, make_records(lm), CONFIG.model_copy(update={"epochs": 1}), tmp_path / "run",
+                    progress=False)
+        load_model(str(out), device="cpu")
+        with quiet_peft_wrapping():
+            warnings.warn("a notice of the caller's own", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert "a notice of the caller's own" in messages
+
+
 def test_empty_records_is_an_input_error(fresh_lm, tmp_path):
     from certa.errors import InputError
 

@@ -9,6 +9,7 @@ managers are the only place that toggles adapters.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,20 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 def is_peft_model(model: Any) -> bool:
     """Whether ``model`` carries PEFT adapters (a ``PeftModel``, possibly wrapped)."""
     return hasattr(unwrap(model), "peft_config")
+
+
+@contextlib.contextmanager
+def quiet_peft_wrapping() -> Iterator[None]:
+    """Wrap a model in PEFT (or load an adapter) without a deprecation notice that is PEFT's, not the caller's.
+
+    PEFT reads ``model.is_gradient_checkpointing`` whenever it wraps a model,
+    and transformers 5 deprecates that property with a ``FutureWarning``: every
+    training and every artifact load would print it, though nothing the user
+    (or certa) wrote uses it. Every other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _tuner_layers(model: torch.nn.Module) -> list[Any]:

@@ -29,7 +29,7 @@ import torch
 from ..errors import InputError, ModelLoadError
 from ..textfiles import read_json_object
 from ..versions import package_versions
-from .adapters import is_peft_model
+from .adapters import is_peft_model, quiet_peft_wrapping
 from .card import write_model_card
 from .loaded import LoadedModel
 from .sources import load_base_model
@@ -162,10 +162,11 @@ def attach_artifacts(base: LoadedModel, artifacts: Mapping[str, str | os.PathLik
     # the first's rows in the second's weights), so the ones without rows are attached first.
     for name, path in sorted(artifacts.items(), key=lambda item: _trains_token_rows(Path(item[1]))):
         try:
-            if is_peft_model(model):
-                model.load_adapter(str(path), adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+            with quiet_peft_wrapping():
+                if is_peft_model(model):
+                    model.load_adapter(str(path), adapter_name=name)
+                else:
+                    model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelLoadError(f"{path}: could not attach the adapter ({exc})") from None
         infos[name] = {**infos[name], "artifact_id": artifact_id(path), "path": str(path)}

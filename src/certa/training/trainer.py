@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, MissingDependencyError
+from ..models.adapters import quiet_peft_wrapping
 from ..models.artifact import save_artifact
 from ..recalibration import IDENTITY, choose_map, fit_map
 from .config import ALL_LINEAR, TrainConfig
@@ -166,7 +167,8 @@ def attach_adapter(lm: LoadedModel, config: TrainConfig, token_ids: Sequence[int
         peft_config = TrainableTokensConfig(target_modules=list(rows), token_indices=token_ids)
     else:
         raise InputError("train: nothing to train (no target_modules and no trainable tokens)")
-    lm.model = get_peft_model(lm.model, peft_config)
+    with quiet_peft_wrapping():
+        lm.model = get_peft_model(lm.model, peft_config)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from ...errors import InputError
-from ...models.adapters import unwrap
+from ...models.adapters import quiet_peft_wrapping, unwrap
 from ...models.artifact import ARTIFACT_FILE, artifact_id, is_export, load_artifact, read_artifact_info
 from ...versions import certa_version
 from .readout import CNF_TOKEN, cnf_token_id
@@ -162,7 +162,8 @@ def _merge_token_rows(peft_model: Any) -> None:
 def _save_lora(base: torch.nn.Module, config: Any, weights: dict[str, torch.Tensor], path: Path) -> None:
     from peft import get_peft_model, set_peft_model_state_dict
 
-    peft_model = get_peft_model(base, config)
+    with quiet_peft_wrapping():
+        peft_model = get_peft_model(base, config)
     set_peft_model_state_dict(peft_model, weights)
     peft_model.save_pretrained(path)
     adapter_config = path / "adapter_config.json"
