@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,8 +22,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from ..errors import InputError, validation_error
+from ..models.artifact import ARTIFACT_FILE
 from ..recalibration import CalibrationMap
 from ..training.config import TrainConfig
+from ..training.restarts import keep_best, restart_configs, restart_dir
 from ..training.trainer import train
 from .base import ModelReadoutMethod, Needs
 
@@ -93,6 +96,11 @@ class TrainedMethod(ModelReadoutMethod):
         ``lm`` itself (saves the memory of a copy on large models; ``lm`` then
         carries the new adapter). ``resume=True`` continues from the newest
         checkpoint in ``out_dir``. Load the result with ``certa.load_model(out_dir)``.
+
+        With ``config.restarts > 1`` each run trains its own copy (the last one
+        ``lm`` itself when ``in_place``) into ``out_dir/restarts/seed-N``, and the
+        run with the lowest held-out Brier score becomes the artifact
+        (:mod:`certa.training.restarts`); resuming skips the runs already finished.
         """
         resolved = cls.resolve_config(config)
         if lm.has_adapters:
@@ -100,10 +108,27 @@ class TrainedMethod(ModelReadoutMethod):
         if not records:
             raise InputError(f"{cls.name}: no training records given")
         cls.check_training_records(records)
+        out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
+        if resolved.restarts > 1:
+            configs = restart_configs(resolved)
+            runs = [restart_dir(out, c) for c in configs]
+            for k, (run_config, run) in enumerate(zip(configs, runs, strict=True)):
+                if not (resume and _finished_as(run, run_config)):
+                    cls.train(lm, records, run_config, run, resume=resume,
+                              in_place=in_place and k == len(configs) - 1, progress=progress)
+            return keep_best(runs, out)
         target = lm if in_place else dataclasses.replace(
             lm, model=copy.deepcopy(lm.model), tokenizer=copy.deepcopy(lm.tokenizer), adapters={})
-        out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
         return train(cls.make_objective(resolved), target, records, resolved, out, resume=resume, progress=progress)
+
+
+def _finished_as(run: Path, config: TrainConfig) -> bool:
+    """Whether ``run`` holds a finished training of exactly ``config``."""
+    file = run / ARTIFACT_FILE
+    if not file.is_file():
+        return False
+    stored = json.loads(file.read_text(encoding="utf-8")).get("train_config")
+    return stored == json.loads(json.dumps(config.model_dump(), default=str))
 
 
 def _read_by(record: Record, name: str, artifact_id: str | None) -> float:

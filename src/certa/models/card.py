@@ -279,6 +279,11 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             mapped = f"after the fitted {kind} map {_round(val.get('brier_recalibrated'))}"
         lines += ["", f"Early stopping kept step {val.get('best_step')}; Brier score on the held-out training "
                       f"answers {_round(val.get('brier'))}; {mapped}."]
+    restarts = info.get("restarts") or {}
+    if restarts.get("runs"):
+        scores = ", ".join(f"seed {run['seed']} {_round(run['held_out_brier'])}" for run in restarts["runs"])
+        lines += ["", f"Trained {len(restarts['runs'])} times from different seeds; kept seed {restarts['kept_seed']}, "
+                      f"the lowest Brier score on the held-out training answers ({scores})."]
     versions = info.get("versions") or {}
     lines += ["", "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded",
               "", "## License", "",

@@ -43,6 +43,11 @@ class TrainConfig(BaseModel):
     save_every: int = Field(50, ge=1, description="checkpoint every N optimiser steps")
     max_length: int = Field(512, ge=16, description="longest training sequence in tokens (the start is cut)")
     seed: int = Field(0, description="seed of the shuffling, dropout and everything random in training")
+    validation_seed: int | None = Field(
+        None, description="seed of the held-out split (default: seed); restarts all hold out their first run's")
+    restarts: int = Field(
+        1, ge=1, description="train this many times (seeds seed, seed + 1000, ...) on one held-out split and keep the "
+        "run with the lowest held-out Brier score, so a run stalled on a plateau is not the one kept; 1: train once")
     prefix_cache_gb: float = Field(
         4.0, ge=0, description="memory (CPU) for reusing the base model's encoding of each training answer across "
         "epochs in suffix mode; answers beyond it are encoded at every step; 0 turns the reuse off")

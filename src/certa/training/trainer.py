@@ -29,6 +29,7 @@ from ..models.artifact import save_artifact
 from ..recalibration import IDENTITY, choose_map, fit_map
 from .config import ALL_LINEAR, TrainConfig
 from .objective import Objective
+from .restarts import RESTARTS_DIR
 from .validation import EarlyStopping, split_validation, validation_confidences
 
 if TYPE_CHECKING:
@@ -407,7 +408,11 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 def training_seconds(out_dir: str | os.PathLike[str]) -> float:
-    """Wall time the training in ``out_dir`` took, summed over its logged steps (resumes included)."""
+    """Wall time the training in ``out_dir`` took, summed over its logged steps (resumes included) and over
+    its restarts' runs when it has some."""
+    runs = sorted((Path(out_dir) / RESTARTS_DIR).glob("seed-*"))
+    if runs:
+        return float(sum(training_seconds(run) for run in runs))
     path = Path(out_dir) / TRAIN_LOG
     if not path.exists():
         return float("nan")

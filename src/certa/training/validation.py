@@ -39,7 +39,8 @@ _BEST_FILE = "best_state.pt"
 
 
 def split_validation(records: Sequence[Record], config: TrainConfig) -> tuple[list[Record], list[Record]]:
-    """(train, held out): ``validation_fraction`` of the records, stratified by correctness and seeded.
+    """(train, held out): ``validation_fraction`` of the records, stratified by correctness, seeded by
+    ``validation_seed`` (default: ``seed``).
 
     Returns no held-out records when there are too few to decide anything
     (fewer than ``MIN_VALIDATION``, or only one class among them).
@@ -48,7 +49,7 @@ def split_validation(records: Sequence[Record], config: TrainConfig) -> tuple[li
     n_held = int(round(config.validation_fraction * len(records)))
     if n_held < MIN_VALIDATION:
         return records, []
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(config.seed if config.validation_seed is None else config.validation_seed)
     correct = np.array([float(r.correct) >= 0.5 for r in records])
     held: list[int] = []
     for label in (True, False):

@@ -1,0 +1,99 @@
+"""Restarts: train a read-out several times from other seeds and keep the run the held-out answers prefer.
+
+A read-out trained on a few hundred answers can stall on a plateau where it
+reads every answer of a dataset at about one level: ConfTuner on the CPU study
+did so in 1 of 3 seeds (docs/RESULTS.md), and its held-out Brier score (.221
+against .194 and .196) showed it before any test answer was read. Early
+stopping already scores each run on those held-out answers, so the same score
+chooses among runs. Every run holds out the same answers (the first run's
+split), so the scores compare like with like; their seeds are
+:data:`RESTART_SEED_STRIDE` apart, so restarts of seeds 0, 1 and 2 (a seed
+study) never share a run. The first run is exactly the single training of
+``seed``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..models.artifact import ARTIFACT_FILE, read_artifact_info
+from ..models.card import write_model_card
+from ..records import atomic_write_text
+from .config import TrainConfig
+
+RESTART_SEED_STRIDE = 1000
+"""Seeds of one training's restarts are ``seed + k * RESTART_SEED_STRIDE``."""
+
+RESTARTS_DIR = "restarts"
+"""Subdirectory of an artifact holding every run of its restarts, one ``seed-N`` directory each."""
+
+
+def restart_configs(config: TrainConfig) -> list[TrainConfig]:
+    """One single-run config per restart: seeds ``seed + k·stride``, each holding out the first run's split."""
+    split = config.seed if config.validation_seed is None else config.validation_seed
+    configs = []
+    for k in range(config.restarts):
+        seed = config.seed + k * RESTART_SEED_STRIDE
+        configs.append(config.model_copy(update={
+            "seed": seed, "restarts": 1, "validation_seed": None if split == seed else split}))
+    return configs
+
+
+def restart_dir(out: str | os.PathLike[str], config: TrainConfig) -> Path:
+    """Where the run of ``config`` (one of :func:`restart_configs`) is trained."""
+    return Path(out) / RESTARTS_DIR / f"seed-{config.seed}"
+
+
+def held_out_brier(run: str | os.PathLike[str]) -> float:
+    """A trained run's Brier score on its held-out answers at the step early stopping kept."""
+    info = read_artifact_info(run)
+    value = (info.get("validation") or {}).get("brier")
+    if value is None or not math.isfinite(float(value)):
+        raise InputError(f"{run}: no held-out Brier score to choose a restart by (restarts need held-out answers: "
+                         "validation_fraction > 0 and at least 16 of them, both right and wrong)")
+    return float(value)
+
+
+def keep_best(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+              skip: Collection[str] = ()) -> Path:
+    """Copy the run with the lowest held-out Brier score (the earliest on a tie) into ``out`` as the artifact.
+
+    The run's top-level files are copied (not ``skip`` ones); its ``certa.json``
+    is written last, with every run's seed and score under ``restarts``, so
+    ``out`` is loadable only once the copy is whole.
+    """
+    runs = [Path(run) for run in runs]
+    if not runs:
+        raise InputError("keep_best: no runs to choose from")
+    scores = [held_out_brier(run) for run in runs]
+    best = min(range(len(runs)), key=lambda i: (scores[i], i))
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    (target / ARTIFACT_FILE).unlink(missing_ok=True)
+    for file in sorted(runs[best].iterdir()):
+        if file.is_file() and file.name not in skip and file.name != ARTIFACT_FILE:
+            partial = target / f".{file.name}.partial"
+            shutil.copyfile(file, partial)
+            os.replace(partial, target / file.name)
+    info: dict[str, Any] = read_artifact_info(runs[best])
+    info["restarts"] = {
+        "criterion": "held-out Brier score at the step early stopping kept",
+        "kept_seed": _seed(runs[best]),
+        "runs": [{"seed": _seed(run), "held_out_brier": score, "path": os.path.relpath(run, target)}
+                 for run, score in zip(runs, scores, strict=True)],
+    }
+    text = json.dumps(info, indent=2, default=str) + "\n"
+    write_model_card(target, json.loads(text))
+    atomic_write_text(target / ARTIFACT_FILE, text)
+    return target
+
+
+def _seed(run: Path) -> int:
+    return int((read_artifact_info(run).get("train_config") or {}).get("seed", 0))
