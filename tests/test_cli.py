@@ -71,6 +71,22 @@ def test_score_fit_and_evaluate_write_metrics_and_report(capsys, tmp_path, grade
         assert name in text and name in html
 
 
+def test_evaluate_explains_an_interval_that_excludes_its_point_estimate(capsys, tmp_path):
+    # Five confidence levels, each right exactly as often as it says: ECE 0. A resample's accuracy per level
+    # drifts from its confidence, so every resample reads an ECE above 0 (the binned ECE's small-sample bias).
+    levels = [0.1, 0.3, 0.5, 0.7, 0.9]
+    rows = [{"id": f"r{level}-{i}", "correct": float(i < round(level * 20)), "scores": {"levels": level}}
+            for level in levels for i in range(20)]
+    scores = tmp_path / "s.jsonl"
+    scores.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, out, err = run_cli(capsys, "evaluate", "--in", str(scores), "-o", str(tmp_path / "eval"),
+                             "--n-bootstrap", "50")
+    assert code == 0, err
+    assert "excludes its point estimate (ECE)" in " ".join(out.split())
+    ece = json.loads((tmp_path / "eval" / "metrics.json").read_text())["methods"]["levels"]["ece"]
+    assert ece["value"] < 1e-12 and ece["ci"][0] > 0
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ..evaluation import HEADLINE_METRICS, metric_table, to_rich
+from ..evaluation import HEADLINE_METRICS, metric_spec, metric_table, to_rich
 from ..study import RunConfig, StudyResult, run_study, tune_study
 from ..study.demo import demo_config
 from .app import ModelOpt, app, console
@@ -64,3 +64,9 @@ def print_summary(result) -> None:
     """A table that fits a terminal: headline metrics with their 95% CIs (all metrics: metrics.json)."""
     title = f"n={result.n}, accuracy {result.accuracy.format()}, ECE over {result.n_bins} bins"
     console.print(to_rich(metric_table(result, HEADLINE_METRICS), title=title, digits=2, intervals="inline"))
+    excluding = [metric_spec(name).label for name in HEADLINE_METRICS
+                 if any(name in scores and scores[name].interval_excludes_value for scores in result.methods.values())]
+    if excluding:
+        console.print(f"[dim]Where an interval excludes its point estimate ({', '.join(excluding)}), the bootstrap is "
+                      "showing the metric's small-sample bias (a binned ECE reads higher on resamples), not an error: "
+                      "docs/metrics.md.[/]")

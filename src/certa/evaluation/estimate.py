@@ -19,6 +19,12 @@ class Estimate:
     def has_interval(self) -> bool:
         return math.isfinite(self.low) and math.isfinite(self.high)
 
+    @property
+    def interval_excludes_value(self) -> bool:
+        """Whether the interval lies wholly above (or below) the point estimate: the percentile bootstrap of a
+        metric biased on small samples, such as binned ECE, which reads higher on resamples."""
+        return self.has_interval and math.isfinite(self.value) and not self.low <= self.value <= self.high
+
     def to_dict(self) -> dict[str, Any]:
         return {"value": json_float(self.value), "ci": [json_float(self.low), json_float(self.high)]}
 
