@@ -1,7 +1,25 @@
+from pathlib import Path
+
 import pytest
 
 from certa.errors import InputError
 from certa.study.config import RunConfig
+from certa.study.stages import check_methods
+
+SHIPPED_CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda path: path.name)
+def test_every_shipped_config_validates(path):
+    # A config in configs/ is run by hand for hours; a bad field must fail here, not at `certa run`.
+    config = RunConfig.from_yaml(path)
+    check_methods(config.methods)
+    for method in config.training:
+        config.train_config(method)
+
+
+def test_shipped_configs_are_found():
+    assert {"results.yaml", "results-cpu.yaml", "study.yaml"} <= {path.name for path in SHIPPED_CONFIGS}
 
 
 def test_yaml_config_validates_and_accepts_dataset_shorthand(tmp_path):
