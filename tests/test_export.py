@@ -12,6 +12,7 @@ import torch
 from certa.methods.grace import GraceConfig, offline_confidence, train_grace
 from certa.methods.grace.export import READOUT_LORA, export_grace
 from certa.models import is_artifact, load_model
+from certa.models.tensors import cache_parameter
 from certa.records import Example, Record
 
 QUESTIONS = ["What is the capital of France?", "What is 3 + 4?", "who wrote Hamlet?", "Answer: 42",
@@ -93,7 +94,7 @@ def plain_confidence(path, records) -> np.ndarray:
         if adapter is not None:  # the base's cache of prompt + answer[:-1], then the last token with the LoRA
             with model.disable_adapter():
                 cache = model(input_ids=torch.tensor([prompt + answer[:-1]]), use_cache=True).past_key_values
-            logits = model(input_ids=torch.tensor([answer[-1:]]), past_key_values=cache).logits
+            logits = model(input_ids=torch.tensor([answer[-1:]]), **{cache_parameter(model): cache}).logits
         else:
             fed = prompt + answer if spec["read"]["input"] == "prompt+answer" else prompt + answer[:-1]
             logits = model(input_ids=torch.tensor([fed])).logits

@@ -17,6 +17,7 @@ from certa.decoding import Decoder, FinishedBatch
 from certa.errors import InputError
 from certa.generation import RAW_PROMPT_KEY, generate
 from certa.models import end_token_ids, load_model
+from certa.models.tensors import cache_parameter
 from certa.records import Example, Generation, read_jsonl
 
 MAX_NEW = 16
@@ -137,7 +138,7 @@ class ExtensionHook:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -2:]
         with torch.no_grad():
             out = lm.model(input_ids=tokens, attention_mask=mask, position_ids=positions,
-                           past_key_values=cache.past_key_values)
+                           **{cache_parameter(lm.model): cache.past_key_values})
         last = out.logits[:, -1].float()
         self.batches.append(batch)
         self.logits.append(last)
