@@ -33,7 +33,7 @@ ANSWER_TYPES: tuple[str, ...] = ("numeric", "short", "choice")
 
 @dataclass
 class Example:
-    """A question and the answers accepted as correct (schema of ``shared/data/README.md``)."""
+    """A question and the answers accepted as correct (the JSONL fields of docs/data.md, "Your own data")."""
 
     id: str
     question: str

@@ -10,9 +10,11 @@ map ``raw confidence -> calibrated confidence`` fitted on the labelled answers s
   estimates"; scikit-learn's ``IsotonicRegression``, applied by linear interpolation between its
   fitted points, as scikit-learn does);
 - ``"platt"``: ``sigmoid(a · logit(raw) + b)`` fitted by logistic regression (Platt, 1999,
-  "Probabilistic outputs for support vector machines"); partial credit is fitted as a soft target.
+  "Probabilistic outputs for support vector machines"); partial credit is fitted as a soft target;
+- ``"beta"``: ``sigmoid(a · ln raw − b · ln(1 − raw) + c)`` with ``a, b ≥ 0``, one slope per tail (Kull et
+  al., 2017, "Beta calibration"), for read-outs whose two ends are miscalibrated differently.
 
-Both maps are non-decreasing, so the ranking of answers (and AUROC) is kept, up to the ties an
+Every map is non-decreasing, so the ranking of answers (and AUROC) is kept, up to the ties an
 isotonic step creates. The map is always fitted on the *raw* confidence the method produced, never
 on an earlier map's output, so refits do not compound.
 
@@ -82,7 +84,7 @@ class OnlineRecalibrator:
 
     Parameters
     ----------
-    kind : {"isotonic", "platt"}
+    kind : {"isotonic", "platt", "beta"}
         The map to fit.
     every : int, default=50
         Refit once at least this many labels arrived since the last fit.

@@ -1,4 +1,4 @@
-"""The model cascade (SPEC §2): the k least-confident questions go to a stronger model."""
+"""The model cascade (ConfTuner, arXiv 2508.18847): the k least-confident questions go to a stronger model."""
 
 from __future__ import annotations
 

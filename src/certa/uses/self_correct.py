@@ -1,4 +1,4 @@
-"""Self-correction (SPEC §2): re-ask the questions answered with low confidence, and regrade."""
+"""Self-correction (ConfTuner, arXiv 2508.18847): re-ask the questions answered with low confidence, and regrade."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def self_correct(
     """Re-prompt the questions whose confidence is below ``threshold`` and regrade them.
 
     The model sees its previous answer and is told its confidence is below
-    the threshold (SPEC §2); questions at or above the threshold keep their
+    the threshold (ConfTuner, arXiv 2508.18847); questions at or above the threshold keep their
     answer. ``generate_fn(examples) -> generations`` replaces generation with
     ``lm`` (e.g. another model or an API); the returned records keep the
     original question text, so they can be scored and evaluated like any other.

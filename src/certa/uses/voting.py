@@ -1,4 +1,4 @@
-"""Test-time scaling: voting strategies over a question's sampled answers (SPEC §1).
+"""Test-time scaling: voting strategies over a question's sampled answers (GrACE, arXiv 2509.09438).
 
 Strategies are pure functions of one question's sampled answers
 (``SampledQuestion``): which final answer each sample gave, whether it was

@@ -1,4 +1,4 @@
-"""ConfTuner on answers another model wrote (SPEC §2, black-box): read them from a file and score them."""
+"""ConfTuner on answers another model wrote (the paper's black-box setting): read them from a file and score them."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from ...training.config import ALL_LINEAR, TrainConfig
 
 
 class ConfTunerConfig(TrainConfig):
-    """Hyper-parameters of ConfTuner training (SPEC §2); unknown keys are errors."""
+    """Hyper-parameters of ConfTuner training (ConfTuner, arXiv 2508.18847); unknown keys are errors."""
 
     scale: int | None = Field(
         None, description="confidence levels: 100 (T_100, '0'..'100') or 9 (T_9, '0'..'9'); "

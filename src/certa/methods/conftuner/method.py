@@ -44,7 +44,7 @@ def level_probabilities(lm: LoadedModel, records: Sequence[Record], batch_size: 
 
 
 def level_diagnostics(probs: np.ndarray, tokens: ConfidenceTokens) -> dict[str, Any]:
-    """Collapse check (SPEC §6): the argmax level's confidence per answer and how many levels are used."""
+    """Collapse check: the argmax level's confidence per answer and how many levels are used."""
     scores = np.asarray(tokens.scores, dtype=float)
     top = probs.argmax(axis=1)
     used, counts = np.unique(top, return_counts=True)

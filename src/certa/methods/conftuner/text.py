@@ -1,7 +1,7 @@
 """ConfTuner's confidence as the model writes it: greedy text after ``Confidence: ``, parsed.
 
 For models certa cannot see inside this is the only read-out; for the others
-it shows how the tuned model *says* its confidence (SPEC §2), beside the
+it shows how the tuned model *says* its confidence (ConfTuner, arXiv 2508.18847), beside the
 expected value over the level tokens that certa reports.
 """
 

@@ -12,7 +12,7 @@ Readout = Literal["step", "free"]
 
 
 class GraceConfig(TrainConfig):
-    """Hyper-parameters of GrACE training (SPEC §1); unknown keys are errors."""
+    """Hyper-parameters of GrACE training (GrACE, arXiv 2509.09438); unknown keys are errors."""
 
     token_lr: float = Field(
         3e-4, gt=0,

@@ -1,4 +1,4 @@
-"""GrACE as an :class:`~certa.training.objective.Objective` for the shared trainer (SPEC §1)."""
+"""GrACE as an :class:`~certa.training.objective.Objective` for the shared trainer (GrACE, arXiv 2509.09438)."""
 
 from __future__ import annotations
 

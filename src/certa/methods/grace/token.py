@@ -1,7 +1,7 @@
 """The ``<CNF>`` token: adding it to the vocabulary and placing its row so training can start.
 
 From a fresh mean row, softmax(W·z)[<CNF>] is ~1e-8 and the MSE gradient
-vanishes (SPEC §5). The row is therefore moved along the mean read-out state
+vanishes (measured with a first prototype). The row is therefore moved along the mean read-out state
 until the average confidence on a sample of training answers equals their mean
 target; the sample is drawn at random across *all* training answers, so a
 pooled study's datasets all have their say in the starting level.

@@ -11,7 +11,7 @@ same suffix. For text a model wrote — a black-box API, a tuned model's free
 generation — :func:`parse_confidence` reads the number, and an unreadable
 answer is a counted failure (``None``), never a silent default.
 
-The level tokens (SPEC §2): ``T_100`` = "0".."100" with score i/100 when each
+The level tokens (ConfTuner, arXiv 2508.18847): ``T_100`` = "0".."100" with score i/100 when each
 is a single token after ``Confidence:``, else ``T_9`` = "0".."9" with score
 i/9. SmolLM2, like many tokenizers, splits numbers into single digits, so it
 uses ``T_9``; there ``"Confidence: 7"`` is ``Conf|idence|:|Ġ|7``, so the
