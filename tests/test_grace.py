@@ -379,3 +379,24 @@ def test_answers_never_contain_the_cnf_token(trained):
             matrix[cnf] = matrix[cnf] * 50  # make <CNF> the likeliest next token everywhere
     gens = _generate(artifact, _examples()[:4], hooks=())
     assert all(cnf not in g.token_ids for g in gens)
+
+
+def test_a_cross_validated_probe_strength_shapes_the_targets_and_is_recorded(lively_dir, train_records):
+    from certa.training.targets import choose_probe_c, soft_targets
+
+    lm = _load(lively_dir)
+    records = _yes_no_records(lm, 48)
+    hidden = np.asarray([r.hidden_state for r in records])
+    correct = np.asarray([r.correct for r in records])
+    for probe_c, expected_c in (("cv", choose_probe_c(hidden, correct, folds=5, seed=0)), (0.01, 0.01)):
+        config = GraceConfig(probe_c=probe_c, validation_fraction=0)
+        objective = GraceObjective(config)
+        objective.prepare(lm, config)
+        items = objective.build_items(lm, records, config)
+        assert objective.artifact_info()["probe_c"] == expected_c
+        np.testing.assert_array_equal([it["target"] for it in items],
+                                      soft_targets(hidden, correct, seed=0, C=expected_c))
+    with pytest.raises(ValueError, match="probe_c"):
+        GraceConfig(probe_c=0)
+    with pytest.raises(ValueError, match="probe_c"):
+        GraceConfig(probe_c="auto")

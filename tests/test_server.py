@@ -199,6 +199,18 @@ def test_malformed_json_and_wrong_types(scripted):
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+@pytest.mark.parametrize(("field", "value"), [("temperature", False), ("top_p", True), ("n", True),
+                                              ("max_tokens", "5"), ("seed", 1.5), ("logprobs", "yes")])
+def test_json_values_of_the_wrong_type_are_not_coerced(scripted, field, value):
+    _, url = scripted
+    body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], field: value}
+    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    whole = httpx.post(f"{url}/v1/chat/completions", timeout=TIMEOUT,  # a whole number is a valid temperature
+                       json={"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "temperature": 1})
+    assert whole.status_code == 200
+
+
 def test_api_key_is_required_when_set():
     with serving(create_app(ScriptedEngine(), api_key="s3cret")) as url:
         with pytest.raises(openai.AuthenticationError) as caught:

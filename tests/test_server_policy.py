@@ -186,6 +186,8 @@ def test_every_answer_is_recorded_and_can_be_labelled(with_feedback):
     ({"id": "REPLY", "choice": 0, "correct": "true"}, 400, "invalid_value"),
     ({"id": "REPLY", "choice": 0, "correct": 1.5}, 400, "invalid_value"),
     ({"id": "REPLY", "choice": -1, "correct": 1}, 400, "invalid_value"),
+    ({"id": "REPLY", "choice": False, "correct": 1}, 400, "invalid_value"),
+    ({"id": "REPLY", "choice": "0", "correct": 1}, 400, "invalid_value"),
     ({"id": "REPLY", "correct": None}, 400, "invalid_value"),
     ({"id": "", "correct": True}, 400, "invalid_value"),
     ({"id": "REPLY", "choice": 0, "correct": True, "extra": 1}, 400, "invalid_value"),

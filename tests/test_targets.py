@@ -10,7 +10,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from certa.errors import InputError
-from certa.training.targets import equal_mass_bin_targets, out_of_fold_scores, soft_targets
+from certa.training.targets import (
+    PROBE_C_GRID,
+    choose_probe_c,
+    equal_mass_bin_targets,
+    out_of_fold_scores,
+    soft_targets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +69,38 @@ def test_errors_name_the_problem():
         soft_targets(np.zeros((3, 2)), [1, 0])
     with pytest.raises(InputError, match="kind"):
         soft_targets(np.zeros((2, 2)), [1, 0], kind="fuzzy")
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """One informative feature among 200 noise features, 200 samples: a probe at C=1 fits the noise."""
+    rng = np.random.default_rng(1)
+    hidden = rng.normal(size=(200, 201))
+    correct = (rng.random(200) < 1 / (1 + np.exp(-2 * hidden[:, 0]))).astype(float)
+    return hidden, correct
+
+
+def test_a_cross_validated_probe_strength_fits_noise_less_than_sklearns_default(noisy):
+    hidden, correct = noisy
+    chosen = choose_probe_c(hidden, correct, folds=5, seed=0)
+    assert chosen in PROBE_C_GRID and chosen < 1.0
+
+    def brier(C):  # out of fold, on folds of another seed than the choice used
+        return np.mean((out_of_fold_scores(hidden, correct, folds=5, seed=7, C=C) - correct) ** 2)
+
+    assert brier(chosen) < brier(1.0) - 0.02
+
+
+def test_the_probe_strength_reaches_the_targets(noisy):
+    hidden, correct = noisy
+    strong = soft_targets(hidden, correct, seed=0, C=1e-3)
+    expected = equal_mass_bin_targets(out_of_fold_scores(hidden, correct, seed=0, C=1e-3), correct)
+    np.testing.assert_array_equal(strong, expected)
+    assert not np.array_equal(strong, soft_targets(hidden, correct, seed=0))
+
+
+def test_too_few_of_a_class_to_choose_by_keeps_the_default():
+    hidden = np.random.default_rng(2).normal(size=(40, 3))
+    correct = np.zeros(40)
+    correct[:3] = 1  # three correct answers cannot fill five folds
+    assert choose_probe_c(hidden, correct, folds=5) == 1.0

@@ -23,6 +23,14 @@ OPENAI_DEFAULT_TEMPERATURE = 1.0
 _INT64 = 2**63
 
 
+def _a_json_number(value: Any) -> Any:
+    # Pydantic's lax mode reads true as 1 and "5" as 5; a request that sends them has a bug, and OpenAI
+    # rejects both. A whole number stays a valid float and 2.0 a valid int, as in JSON Schema.
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a JSON number")
+    return value
+
+
 class Sampling(BaseModel):
     """How a request's answers are decoded, after certa's rules for absent fields (see :func:`sampling_of`)."""
 
@@ -70,10 +78,12 @@ class _Request(BaseModel):
     top_p: float | None = Field(None, ge=0.0, le=1.0, description="nucleus sampling mass (default 1)")
     seed: int | None = Field(None, ge=-_INT64, lt=_INT64, description="makes sampled answers reproducible")
     n: int = Field(1, ge=1)
-    stream: bool = False
+    stream: StrictBool = False
     stop: str | list[str] | None = None
-    include_abstained_answer: bool = Field(
+    include_abstained_answer: StrictBool = Field(
         False, description="certa: when an answer is withheld (abstained), return it in 'abstained_answer'")
+
+    _numbers = field_validator("max_tokens", "temperature", "top_p", "seed", "n", mode="before")(_a_json_number)
 
     @field_validator("stop")
     @classmethod
@@ -116,9 +126,11 @@ class ChatCompletionRequest(_Request):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     stream_options: dict[str, Any] | None = None
+
+    _chat_numbers = field_validator("max_completion_tokens", "top_logprobs", mode="before")(_a_json_number)
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -130,7 +142,9 @@ class CompletionRequest(_Request):
 
     prompt: str
     logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool = False
+    echo: StrictBool = False
+
+    _completion_numbers = field_validator("logprobs", mode="before")(_a_json_number)
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -146,6 +160,8 @@ class FeedbackRequest(BaseModel):
     choice: int = Field(0, ge=0, le=2**31 - 1, description="the choice index")
     correct: StrictBool | Annotated[float, Field(ge=0.0, le=1.0, strict=True)] = Field(
         description="true / false, or partial credit in [0, 1]")
+
+    _choice_number = field_validator("choice", mode="before")(_a_json_number)
 
 
 # ---- responses (documentation and the fuzz test's schema) ------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ...training.config import TrainConfig
 
@@ -32,9 +32,19 @@ class GraceConfig(TrainConfig):
         "soft", description="soft: ActCab-style binned accuracy of an out-of-fold probe; binary: correctness")
     bins: int = Field(10, ge=1, description="equal-mass bins of the soft targets")
     folds: int = Field(5, ge=2, description="cross-fitting folds of the probe behind the soft targets")
+    probe_c: float | Literal["cv"] = Field(
+        1.0, description="inverse L2 strength of the probe behind the soft targets (scikit-learn's C); 'cv': "
+        "the value in 1e-3..1 with the lowest cross-validated Brier score on the training answers")
     init_sample: int = Field(
         256, ge=1, description="training answers, drawn at random across all of them, that place the initial "
         "<CNF> row so c starts at the mean target")
+
+    @field_validator("probe_c")
+    @classmethod
+    def _positive_probe_c(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not value > 0:
+            raise ValueError(f"must be positive or 'cv', got {value}")
+        return value
 
     def token_learning_rate(self) -> float:
         return self.token_lr

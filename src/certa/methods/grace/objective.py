@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from ...errors import InputError
@@ -12,7 +13,7 @@ from ...models.tensors import left_pad, positions_from_mask
 from ...models.token_rows import forward_logits
 from ...records import Record
 from ...training.losses import grace_calibration_loss, response_lm_loss
-from ...training.targets import soft_targets
+from ...training.targets import choose_probe_c, soft_targets
 from ..answer_cache import PrefixStore, answer_ids, content_key
 from .config import GraceConfig
 from .readout import CNF_TOKEN, cnf_token_id, free_readout, readout_step
@@ -39,6 +40,7 @@ class GraceObjective:
         self.config = config
         self.cnf_id: int | None = None
         self.init_rate: float | None = None
+        self.probe_c: float | None = None
         self.prefixes = PrefixStore(config.prefix_cache_gb)
 
     # -- Objective protocol
@@ -51,8 +53,16 @@ class GraceObjective:
 
     def build_items(self, lm: LoadedModel, records: Sequence[Record], config: GraceConfig) -> list[dict[str, Any]]:
         require_hidden_states(records)
-        target = soft_targets([r.hidden_state for r in records], [r.correct for r in records],
-                              kind=config.targets, bins=config.bins, folds=config.folds, seed=config.seed)
+        hidden = np.asarray([r.hidden_state for r in records], dtype=float)
+        correct = np.asarray([r.correct for r in records], dtype=float)
+        if config.targets == "binary":
+            self.probe_c = None
+        elif config.probe_c == "cv":
+            self.probe_c = choose_probe_c(hidden, correct, folds=config.folds, seed=config.seed)
+        else:
+            self.probe_c = float(config.probe_c)
+        target = soft_targets(hidden, correct, kind=config.targets, bins=config.bins, folds=config.folds,
+                              seed=config.seed, C=self.probe_c or 1.0)
         items = self._items(lm, records, target, config)
         self.init_rate = mean_target(items)
         sample = init_sample(items, config.init_sample, config.seed)
@@ -119,7 +129,7 @@ class GraceObjective:
         c = self.config
         return {"token": CNF_TOKEN, "token_id": self.cnf_id, "mode": c.mode, "readout": c.readout,
                 "answers_use_adapter": c.mode == "full", "targets": c.targets, "bins": c.bins,
-                "folds": c.folds, "init_rate": self.init_rate}
+                "folds": c.folds, "probe_c": self.probe_c, "init_rate": self.init_rate}
 
     def _cnf(self, lm: LoadedModel) -> int:
         return self.cnf_id if self.cnf_id is not None else cnf_token_id(lm.tokenizer)
