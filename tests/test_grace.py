@@ -381,14 +381,19 @@ def test_answers_never_contain_the_cnf_token(trained):
     assert all(cnf not in g.token_ids for g in gens)
 
 
-def test_a_cross_validated_probe_strength_shapes_the_targets_and_is_recorded(lively_dir, train_records):
-    from certa.training.targets import choose_probe_c, soft_targets
+def test_a_cross_validated_probe_strength_shapes_the_targets_and_is_recorded(lively_dir, monkeypatch):
+    import certa.methods.grace.objective as objective_module
+    from certa.training.targets import soft_targets
 
     lm = _load(lively_dir)
     records = _yes_no_records(lm, 48)
     hidden = np.asarray([r.hidden_state for r in records])
     correct = np.asarray([r.correct for r in records])
-    for probe_c, expected_c in (("cv", choose_probe_c(hidden, correct, folds=5, seed=0)), (0.01, 0.01)):
+    asked = []
+    # What "cv" chooses is tested in test_targets.py; here, that the choice is the one used and recorded.
+    monkeypatch.setattr(objective_module, "choose_probe_c", lambda h, c, **kw: asked.append(len(c)) or 0.003)
+    assert not np.array_equal(soft_targets(hidden, correct, seed=0, C=0.003), soft_targets(hidden, correct, seed=0))
+    for probe_c, expected_c in (("cv", 0.003), (0.01, 0.01), (1.0, 1.0)):
         config = GraceConfig(probe_c=probe_c, validation_fraction=0)
         objective = GraceObjective(config)
         objective.prepare(lm, config)
@@ -396,7 +401,8 @@ def test_a_cross_validated_probe_strength_shapes_the_targets_and_is_recorded(liv
         assert objective.artifact_info()["probe_c"] == expected_c
         np.testing.assert_array_equal([it["target"] for it in items],
                                       soft_targets(hidden, correct, seed=0, C=expected_c))
-    with pytest.raises(ValueError, match="probe_c"):
-        GraceConfig(probe_c=0)
-    with pytest.raises(ValueError, match="probe_c"):
-        GraceConfig(probe_c="auto")
+    assert asked == [48]  # chosen once, for "cv" only, on every training answer
+    for bad in ("auto", True, float("inf")):
+        with pytest.raises(ValueError, match="probe_c"):
+            GraceConfig(probe_c=bad)
+    assert GraceConfig(probe_c="1e-2").probe_c == 0.01  # YAML reads 1e-2 as a string

@@ -199,13 +199,18 @@ def test_malformed_json_and_wrong_types(scripted):
     assert missing.status_code == 404 and "error" in missing.json()
 
 
-@pytest.mark.parametrize(("field", "value"), [("temperature", False), ("top_p", True), ("n", True),
-                                              ("max_tokens", "5"), ("seed", 1.5), ("logprobs", "yes")])
-def test_json_values_of_the_wrong_type_are_not_coerced(scripted, field, value):
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("chat", "temperature", False), ("chat", "top_p", True), ("chat", "n", True), ("chat", "max_tokens", "5"),
+    ("chat", "top_logprobs", True), ("chat", "logprobs", "yes"), ("chat", "stream", "false"),
+    ("chat", "stream_options", {"include_usage": "false"}), ("text", "logprobs", True), ("text", "echo", 1),
+    ("text", "max_tokens", "5"), ("text", "include_abstained_answer", "true"),
+])
+def test_json_values_of_the_wrong_type_are_not_coerced(scripted, route, field, value):
     _, url = scripted
-    body = {"model": "scripted", "messages": [{"role": "user", "content": "hi"}], field: value}
-    reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=TIMEOUT)
-    assert reply.status_code == 400 and reply.json()["error"]["param"] == field
+    path, body = (("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}) if route == "chat"
+                  else ("completions", {"prompt": "hi"}))
+    reply = httpx.post(f"{url}/v1/{path}", json={"model": "scripted", **body, field: value}, timeout=TIMEOUT)
+    assert reply.status_code == 400 and reply.json()["error"]["param"].split(".")[0] == field
     whole = httpx.post(f"{url}/v1/chat/completions", timeout=TIMEOUT,  # a whole number is a valid temperature
                        json={"model": "scripted", "messages": [{"role": "user", "content": "hi"}], "temperature": 1})
     assert whole.status_code == 200

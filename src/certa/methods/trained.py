@@ -128,7 +128,7 @@ def _finished_as(run: Path, config: TrainConfig) -> bool:
     if not file.is_file():
         return False
     stored = json.loads(file.read_text(encoding="utf-8")).get("train_config")
-    return stored == json.loads(json.dumps(config.model_dump(), default=str))
+    return isinstance(stored, dict) and not config.differences(stored)
 
 
 def _read_by(record: Record, name: str, artifact_id: str | None) -> float:

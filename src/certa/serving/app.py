@@ -147,7 +147,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
                           include_abstained=body.include_abstained_answer)
         decided = await _decide_and_record(request, reply, result, question)
         if body.stream:
-            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
             return sse(chat_chunks(reply, decided, result, include_usage))
         return chat_response(reply, decided, result)
 

@@ -121,6 +121,12 @@ class ChatMessage(BaseModel):
                        if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = Field(False, description="a last chunk with the token usage, before [DONE]")
+
+
 class ChatCompletionRequest(_Request):
     """Body of ``POST /v1/chat/completions``."""
 
@@ -128,7 +134,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
 
     _chat_numbers = field_validator("max_completion_tokens", "top_logprobs", mode="before")(_a_json_number)
 

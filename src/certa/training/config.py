@@ -7,7 +7,9 @@ so a default is never restated elsewhere.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Collection, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -73,3 +75,15 @@ class TrainConfig(BaseModel):
     def token_learning_rate(self) -> float:
         """Learning rate of added token rows (methods that add tokens set their own)."""
         return self.lr
+
+    def differences(self, saved: Mapping[str, Any], ignore: Collection[str] = ()) -> list[str]:
+        """The settings (sorted) in which this config differs from ``saved``, a config stored as JSON.
+
+        A setting ``saved`` lacks was added to certa after it was written, so it counts as that setting's
+        default, which is how that training ran: checkpoints and finished runs from before a new setting
+        stay resumable and reusable as long as the new setting is left at its default.
+        """
+        current = json.loads(self.model_dump_json())
+        defaults = json.loads(type(self).model_construct().model_dump_json())
+        return sorted(k for k in set(saved) | set(current)
+                      if k not in ignore and saved.get(k, defaults.get(k)) != current.get(k))

@@ -55,7 +55,7 @@ def choose_probe_c(hidden: np.ndarray, correct: np.ndarray, *, folds: int = 5, s
     if int(min(labels.sum(), len(labels) - labels.sum())) < folds:
         return 1.0
     search = GridSearchCV(_probe(1.0), {"logisticregression__C": list(grid)}, scoring="neg_brier_score",
-                          cv=_folds(labels, folds, seed))
+                          cv=_folds(labels, folds, seed), refit=False)
     search.fit(np.asarray(hidden, dtype=float), labels)
     return float(search.best_params_["logisticregression__C"])
 
@@ -69,8 +69,8 @@ def out_of_fold_scores(hidden: np.ndarray, correct: np.ndarray, *, folds: int = 
     """
     labels = (np.asarray(correct, dtype=float) >= 0.5).astype(int)
     n = len(labels)
-    if labels.min() == labels.max():
-        return np.full(n, float(labels.mean()))
+    if n == 0 or labels.min() == labels.max():
+        return np.full(n, float(labels.mean()) if n else 0.0)
     scores = np.empty(n)
     for train_idx, test_idx in _folds(labels, folds, seed).split(hidden, labels):
         train_labels = labels[train_idx]

@@ -383,13 +383,12 @@ def _resume(accelerator: Accelerator, out: Path, config: TrainConfig) -> int:
         return 0
     latest = found[-1]
     info = json.loads((latest / "step.json").read_text(encoding="utf-8"))
-    saved, current = info.get("config"), json.loads(config.model_dump_json())
-    changed = sorted(k for k in set(saved or {}) | set(current)
-                     if k not in _RESUMABLE_CHANGES and (saved or current).get(k) != current.get(k))
-    if saved is not None and changed:
+    saved = info.get("config")
+    changed = config.differences(saved, ignore=_RESUMABLE_CHANGES) if saved is not None else []
+    if changed:
         key = changed[0]
-        raise InputError(f"{latest}: checkpoint was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}; "
-                         f"delete {out / CHECKPOINT_DIR} or train into a new directory")
+        raise InputError(f"{latest}: checkpoint was trained with {key}={saved.get(key)!r}, not "
+                         f"{getattr(config, key, None)!r}; delete {out / CHECKPOINT_DIR} or train into a new directory")
     accelerator.load_state(str(latest))
     step = int(info["step"])
     if accelerator.is_main_process:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -39,12 +40,19 @@ class GraceConfig(TrainConfig):
         256, ge=1, description="training answers, drawn at random across all of them, that place the initial "
         "<CNF> row so c starts at the mean target")
 
-    @field_validator("probe_c")
+    @field_validator("probe_c", mode="before")
     @classmethod
-    def _positive_probe_c(cls, value: float | str) -> float | str:
-        if not isinstance(value, str) and not value > 0:
-            raise ValueError(f"must be positive or 'cv', got {value}")
-        return value
+    def _positive_probe_c(cls, value: object) -> object:
+        number = value
+        if isinstance(value, str) and value != "cv":  # YAML reads 1e-2 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if value == "cv" or (isinstance(number, (int, float)) and not isinstance(number, bool)
+                             and math.isfinite(number) and number > 0):
+            return number
+        raise ValueError(f"must be a positive number or 'cv', got {value!r}")
 
     def token_learning_rate(self) -> float:
         return self.token_lr
