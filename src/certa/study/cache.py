@@ -80,13 +80,17 @@ def _read(path: Path, ids: list[str]) -> dict[str, tuple[MethodScores, str]]:
     except (CertaError, ValueError) as exc:
         log.warning("ignoring unreadable score cache %s (%s)", path, exc)
         return {}
-    if table.ids != ids:
+    if table.ids != ids or not isinstance(meta, dict):
         return {}
     cached = {}
     for name, info in meta.items():
         if name not in table.scores:
             continue
-        scores = np.asarray(table.scores[name], dtype=float)
-        cached[name] = (MethodScores(name, scores, info["seconds"], info["cost"], info.get("diagnostics", {}),
-                                     info.get("fit_seconds", 0.0), info.get("needs", [])), info["key"])
+        try:
+            scores = np.asarray(table.scores[name], dtype=float)
+            cached[name] = (MethodScores(name, scores, float(info["seconds"]), info["cost"],
+                                         info.get("diagnostics", {}), info.get("fit_seconds", 0.0),
+                                         info.get("needs", [])), str(info["key"]))
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-edited or foreign meta file
+            log.warning("ignoring the cached scores of %s in %s (%s: %s)", name, path, type(exc).__name__, exc)
     return cached

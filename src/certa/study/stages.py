@@ -141,8 +141,8 @@ def refresh_stamp(stamp: Path, settings: dict[str, Any], outputs: Sequence[Path]
 
 
 def stamp_is(stamp: Path, text: str) -> bool:
-    """Whether ``stamp`` holds exactly ``text``."""
-    return stamp.exists() and stamp.read_text(encoding="utf-8").strip() == text
+    """Whether ``stamp`` holds exactly ``text`` (compared as bytes: a corrupt stamp is just a different one)."""
+    return stamp.exists() and stamp.read_bytes().strip() == text.encode("utf-8")
 
 
 def fingerprint(*parts: Any) -> str:

@@ -27,6 +27,7 @@ from ..errors import InputError, MissingDependencyError
 from ..models.adapters import quiet_peft_wrapping
 from ..models.artifact import save_artifact
 from ..recalibration import IDENTITY, choose_map, fit_map
+from ..records import atomic_write_lines
 from .config import ALL_LINEAR, TrainConfig
 from .objective import Objective
 from .restarts import RESTARTS_DIR
@@ -397,13 +398,31 @@ def _resume(accelerator: Accelerator, out: Path, config: TrainConfig) -> int:
     return step
 
 
+def _log_rows(path: Path) -> list[dict[str, Any]]:
+    """The training log's rows; a last line cut short by a kill is dropped (its step is redone on resume),
+    any other line that is not a JSON object is an error naming the file and line."""
+    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    rows = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                log.warning("%s:%d: dropped a log line cut short (the run was killed while writing it)", path, n)
+                break
+            raise InputError(f"{path}:{n}: not a JSON line of the training log") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{path}:{n}: not a JSON object")
+        rows.append(row)
+    return rows
+
+
 def _truncate_log(path: Path, step: int) -> None:
     """Drop log lines written after the checkpoint we resume from (they will be redone)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    kept = [row for row in _log_rows(path) if row.get("step", 0) <= step]
+    atomic_write_lines(path, (json.dumps(row) for row in kept))
 
 
 def training_seconds(out_dir: str | os.PathLike[str]) -> float:
@@ -415,8 +434,7 @@ def training_seconds(out_dir: str | os.PathLike[str]) -> float:
     path = Path(out_dir) / TRAIN_LOG
     if not path.exists():
         return float("nan")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return float(sum(row.get("seconds", float("nan")) for row in rows))
+    return float(sum(row.get("seconds", float("nan")) for row in _log_rows(path)))
 
 
 def data_summary(records: Sequence[Record], n_items: int) -> dict[str, Any]:
