@@ -28,6 +28,7 @@ from ..models.adapters import quiet_peft_wrapping
 from ..models.artifact import save_artifact
 from ..recalibration import IDENTITY, choose_map, fit_map
 from ..records import atomic_write_lines
+from ..textfiles import parse_json_object
 from .config import ALL_LINEAR, TrainConfig
 from .objective import Objective
 from .restarts import RESTARTS_DIR
@@ -399,22 +400,14 @@ def _resume(accelerator: Accelerator, out: Path, config: TrainConfig) -> int:
 
 
 def _log_rows(path: Path) -> list[dict[str, Any]]:
-    """The training log's rows; a last line cut short by a kill is dropped (its step is redone on resume),
-    any other line that is not a JSON object is an error naming the file and line."""
-    lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    rows = []
-    for i, (n, line) in enumerate(lines):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                log.warning("%s:%d: dropped a log line cut short (the run was killed while writing it)", path, n)
-                break
-            raise InputError(f"{path}:{n}: not a JSON line of the training log") from None
-        if not isinstance(row, dict):
-            raise InputError(f"{path}:{n}: not a JSON object")
-        rows.append(row)
-    return rows
+    """The training log's rows. Each is written with its newline, so a last line without one was cut short
+    by a kill: it is dropped (its step is redone on resume). Any other bad line names the file and line."""
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        log.warning("%s: dropped a last line cut short (the run was killed while writing it)", path)
+    lines = complete.decode("utf-8", errors="replace").splitlines()
+    return [parse_json_object(line, f"{path}:{n}") for n, line in enumerate(lines, 1) if line.strip()]
 
 
 def _truncate_log(path: Path, step: int) -> None:
