@@ -344,6 +344,41 @@ def test_training_that_never_beats_the_start_keeps_the_start(lively_dir, tmp_pat
     assert _brier(get_method("grace", model=trained)(held), held) == pytest.approx(history[0], abs=1e-5)
 
 
+def test_a_run_killed_after_its_stopping_checkpoint_resumes_already_stopped(lively_dir, tmp_path, monkeypatch):
+    """Killed between the checkpoint of the step early stopping ended at and the artifact: the resume
+    trains nothing more and saves the artifact the uninterrupted run saved."""
+    import json
+
+    from certa.training import trainer
+
+    records = _yes_no_records(_load(lively_dir), 80)
+    rng = np.random.default_rng(0)
+    for record in records:
+        record.correct = float(rng.random() < 0.3)
+    config = GraceConfig(epochs=4, batch_size=8, lr=5e-2, token_lr=0.5, targets="binary", save_every=1000,
+                         validation_fraction=0.25, eval_every=2, patience=3, recalibrate="none", seed=1)
+    straight = train_grace(_load(lively_dir), records, config, tmp_path / "straight", progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer, "save_artifact", killed)
+        with pytest.raises(Killed):
+            train_grace(_load(lively_dir), records, config, tmp_path / "resumed", progress=False)
+    resumed = train_grace(_load(lively_dir), records, config, tmp_path / "resumed", resume=True, progress=False)
+
+    def steps(out):
+        return [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    info, again = _load(straight).artifact, _load(resumed).artifact
+    assert info["steps"] < 4 * 8 and steps(resumed) == steps(straight)        # stopped early, and no step more
+    assert again["steps"] == info["steps"] and again["validation"]["history"] == info["validation"]["history"]
+
+
 # ── defects fixed in issue 12 (each test fails on the code before its fix) ──────────────────
 
 

@@ -343,3 +343,5 @@ def test_paired_mean_difference_resamples_pairs_together():
     assert (low, high) == pytest.approx(tuple(np.quantile([(a[r] - b[r]).mean() for r in rows], [0.025, 0.975])))
     with pytest.raises(InputError, match="equal, non-zero length"):
         metrics.paired_mean_difference(a, b[:10])
+    with pytest.raises(InputError, match=r"item 59 are nan and .*; both must be finite"):  # not a NaN estimate
+        metrics.paired_mean_difference(np.r_[a[:59], np.nan], b)

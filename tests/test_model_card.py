@@ -64,12 +64,15 @@ def test_the_card_is_yaml_front_matter_that_says_what_the_artifact_is():
     ("auto", "identity", "no recalibration map (neither Platt nor beta lowered their out-of-fold Brier score "
                          "clearly)."),
     ("none", "identity", "no recalibration map (recalibrate: none)."),
-    ("auto", "beta", "after the fitted beta map 0.17."),
+    ("auto", "beta", "after the beta map fitted on them 0.17 (in sample; out of fold 0.178)."),
+    ("platt", "platt", "after the platt map fitted on them 0.17 (in sample)."),
     ("auto", "constant", "the read-out did no better than a constant on them, so this artifact gives every answer "
                          "their accuracy, 0.3."),
 ])
 def test_the_card_says_which_final_map_training_chose(recalibrate, kind, says):
+    out_of_fold = {"identity": 0.1875, "beta": 0.178} if recalibrate == "auto" else {}
     info = {**INFO, "train_config": {**INFO["train_config"], "recalibrate": recalibrate},
+            "validation": {**INFO["validation"], "recalibration_brier_out_of_fold": out_of_fold},
             "recalibration": {"kind": kind, "params": {"p": 0.3} if kind == "constant" else {}}}
     assert f"held-out training answers 0.1875; {says}" in model_card(info)
 

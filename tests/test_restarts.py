@@ -72,6 +72,31 @@ def test_keep_best_refuses_runs_without_held_out_answers(tmp_path):
     assert not (tmp_path / "out" / "certa.json").exists()
 
 
+def test_restarts_without_held_out_answers_are_refused_before_anything_trains(tiny_lm, tmp_path, monkeypatch):
+    from certa.methods import trained
+
+    monkeypatch.setattr(trained, "train", lambda *a, **k: pytest.fail("a run trained that could never be chosen"))
+    for config in (ConfTunerConfig(restarts=3, validation_fraction=0.0), ConfTunerConfig(restarts=3)):
+        records = make_records() if config.validation_fraction == 0 else make_records(40)   # 8 held out: too few
+        with pytest.raises(InputError, match="restarts: 3 runs but no held-out answers"):
+            ConfTuner.train(tiny_lm, records, config, tmp_path / "artifact", progress=False)
+    assert not (tmp_path / "artifact").exists()
+
+
+def test_split_never_holds_out_a_whole_class():
+    records = make_records(30)
+    for r in records:
+        r.correct = 1.0
+    records[4].correct = 0.0                  # one wrong answer among 30, 60% held out: nothing to hold out
+    assert split_validation(records, TrainConfig(validation_fraction=0.6)) == (records, [])
+    records[9].correct = 0.0                  # two: one each side
+    train_part, held = split_validation(records, TrainConfig(validation_fraction=0.6))
+    assert [r.correct for r in train_part].count(0.0) == 1 and [r.correct for r in held].count(0.0) == 1
+    records[14].correct = 0.0                 # three, 90% held out: the share is all three; one stays
+    train_part, held = split_validation(records, TrainConfig(validation_fraction=0.9))
+    assert [r.correct for r in train_part].count(0.0) == 1 and len(held) == 26
+
+
 def test_training_with_restarts_keeps_the_best_run_and_a_resume_trains_nothing_again(tiny_lm, tmp_path, monkeypatch):
     config = ConfTunerConfig(restarts=2, epochs=2, batch_size=16, lr=3e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
                              save_every=100, eval_every=2)

@@ -45,6 +45,16 @@ def test_equal_mass_bins_hand_example():
     np.testing.assert_allclose(targets, [1.0, 0.5, 0.5, 0.5, 1.0, 0.5])
 
 
+def test_tied_scores_share_a_bin_instead_of_getting_their_labels_back():
+    # a fold whose training part had one class is scored as one constant: those answers are tied
+    scores = np.r_[np.full(20, 0.5), np.linspace(0.6, 0.9, 10)]
+    correct = np.r_[np.ones(10), np.zeros(10), np.ones(10)]
+    targets = equal_mass_bin_targets(scores, correct, bins=3)
+    np.testing.assert_allclose(targets[:20], 0.5)          # not 1 for the first ten and 0 for the next
+    np.testing.assert_allclose(targets[20:], 1.0)
+    np.testing.assert_allclose(equal_mass_bin_targets(scores[::-1], correct[::-1], bins=3), targets[::-1])
+
+
 def test_soft_targets_are_binned_accuracies(synthetic):
     hidden, correct, p = synthetic
     targets = soft_targets(hidden, correct, bins=10, seed=0)

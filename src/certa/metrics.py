@@ -820,6 +820,9 @@ def paired_mean_difference(
     if x.shape != y.shape or x.size == 0:
         raise InputError(f"paired values must have one equal, non-zero length, got {x.size} and {y.size}")
     diff = x - y
+    bad = np.flatnonzero(~np.isfinite(diff))
+    if bad.size:
+        raise InputError(f"paired values at item {bad[0]} are {x[bad[0]]} and {y[bad[0]]}; both must be finite")
     draws = [diff[block].mean(axis=1) for block in _resample_indices(diff.size, n_resamples, seed)]
     low, high = _percentile_interval(np.concatenate(draws), alpha) if n_resamples else (float("nan"),) * 2
     return float(diff.mean()), low, high

@@ -110,7 +110,7 @@ class TrainedMethod(ModelReadoutMethod):
         cls.check_training_records(records)
         out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
         if resolved.restarts > 1:
-            configs = restart_configs(resolved)
+            configs = restart_configs(resolved, records)
             runs = [restart_dir(out, c) for c in configs]
             for k, (run_config, run) in enumerate(zip(configs, runs, strict=True)):
                 if not (resume and _finished_as(run, run_config)):

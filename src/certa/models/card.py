@@ -276,7 +276,9 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
             mapped = ("the read-out did no better than a constant on them, so this artifact gives every answer their "
                       f"accuracy, {_round((info.get('recalibration') or {}).get('params', {}).get('p'))}")
         else:
-            mapped = f"after the fitted {kind} map {_round(val.get('brier_recalibrated'))}"
+            out_of_fold = _round((val.get("recalibration_brier_out_of_fold") or {}).get(kind))
+            mapped = (f"after the {kind} map fitted on them {_round(val.get('brier_recalibrated'))} (in sample"
+                      + (f"; out of fold {out_of_fold})" if out_of_fold is not None else ")"))
         lines += ["", f"Early stopping kept step {val.get('best_step')}; Brier score on the held-out training "
                       f"answers {_round(val.get('brier'))}; {mapped}."]
     restarts = info.get("restarts") or {}

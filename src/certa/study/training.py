@@ -63,7 +63,8 @@ def train_artifact(config: RunConfig, method: str, train_config: TrainConfig, re
         return out
     _start_or_resume(out, made_from)
     if train_config.restarts > 1:  # each run is an artifact of its own, reused by its own fingerprint
-        runs = [train_artifact(config, method, c, records, restart_dir(out, c)) for c in restart_configs(train_config)]
+        runs = [train_artifact(config, method, c, records, restart_dir(out, c))
+                for c in restart_configs(train_config, records)]
         keep_best(runs, out, skip=(TRAINED_FROM, TRAINING_FOR))
         atomic_write_text(out / TRAINED_FROM, made_from)
         return out

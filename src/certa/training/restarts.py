@@ -20,13 +20,17 @@ import os
 import shutil
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
 from ..models.artifact import ARTIFACT_FILE, read_artifact_info
 from ..models.card import write_model_card
 from ..records import atomic_write_text
 from .config import TrainConfig
+from .validation import split_validation
+
+if TYPE_CHECKING:
+    from ..records import Record
 
 RESTART_SEED_STRIDE = 1000
 """Seeds of one training's restarts are ``seed + k * RESTART_SEED_STRIDE``."""
@@ -35,8 +39,18 @@ RESTARTS_DIR = "restarts"
 """Subdirectory of an artifact holding every run of its restarts, one ``seed-N`` directory each."""
 
 
-def restart_configs(config: TrainConfig) -> list[TrainConfig]:
-    """One single-run config per restart: seeds ``seed + k·stride``, each holding out the first run's split."""
+_NEEDS_HELD_OUT = ("restarts need held-out answers: validation_fraction > 0 and at least 16 of them, "
+                   "both right and wrong")
+
+
+def restart_configs(config: TrainConfig, records: Sequence[Record] | None = None) -> list[TrainConfig]:
+    """One single-run config per restart: seeds ``seed + k·stride``, each holding out the first run's split.
+
+    With ``records``, refuses (before anything trains) a split that holds out nothing to choose by.
+    """
+    if records is not None and not split_validation(records, config)[1]:
+        raise InputError(f"restarts: {config.restarts} runs but no held-out answers to choose among them "
+                         f"({_NEEDS_HELD_OUT})")
     split = config.seed if config.validation_seed is None else config.validation_seed
     configs = []
     for k in range(config.restarts):
@@ -56,8 +70,7 @@ def held_out_brier(run: str | os.PathLike[str]) -> float:
     info = read_artifact_info(run)
     value = (info.get("validation") or {}).get("brier")
     if value is None or not math.isfinite(float(value)):
-        raise InputError(f"{run}: no held-out Brier score to choose a restart by (restarts need held-out answers: "
-                         "validation_fraction > 0 and at least 16 of them, both right and wrong)")
+        raise InputError(f"{run}: no held-out Brier score to choose a restart by ({_NEEDS_HELD_OUT})")
     return float(value)
 
 

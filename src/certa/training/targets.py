@@ -84,14 +84,23 @@ def out_of_fold_scores(hidden: np.ndarray, correct: np.ndarray, *, folds: int = 
 
 
 def equal_mass_bin_targets(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> np.ndarray:
-    """Sort by score, cut into ``bins`` groups of (nearly) equal size, return each sample's group accuracy."""
+    """Sort by score, cut into ``bins`` groups of (nearly) equal size, return each sample's group accuracy.
+
+    Tied scores share the group of the first of them: cutting through a tie would split equal scores by
+    input order (a fold scored as one constant, say) and hand them back their own labels.
+    """
     scores = np.asarray(scores, dtype=float)
     correct = np.asarray(correct, dtype=float)
-    order = np.argsort(scores, kind="stable")
-    targets = np.empty(len(scores))
-    for group in np.array_split(order, min(bins, len(scores))):
-        targets[group] = correct[group].mean()
-    return targets
+    n = len(scores)
+    if n == 0:
+        return np.empty(0)
+    position_group = np.empty(n, dtype=np.int64)
+    for k, positions in enumerate(np.array_split(np.arange(n), min(bins, n))):
+        position_group[positions] = k
+    group = position_group[np.searchsorted(np.sort(scores), scores, side="left")]
+    sums = np.bincount(group, weights=correct)
+    counts = np.bincount(group)
+    return sums[group] / counts[group]
 
 
 def soft_targets(hidden: np.ndarray | Sequence[Sequence[float]], correct: Sequence[float], *,

@@ -279,7 +279,8 @@ class _Loop:
             # carry no signal training only fits noise, and the start is what should be kept.
             self._validate(0)
         last = time.perf_counter()
-        stop = False
+        # A run killed between the stopping step's checkpoint and its artifact resumes already stopped.
+        stop = self.stopping is not None and self.stopping.stopped
         while step < total_steps and not stop:
             # accelerate closes a partial accumulation at the end of each epoch, so a step
             # number maps to (epoch, batches already consumed in it) without ambiguity.

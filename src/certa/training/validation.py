@@ -43,7 +43,7 @@ def split_validation(records: Sequence[Record], config: TrainConfig) -> tuple[li
     ``validation_seed`` (default: ``seed``).
 
     Returns no held-out records when there are too few to decide anything
-    (fewer than ``MIN_VALIDATION``, or only one class among them).
+    (fewer than ``MIN_VALIDATION``, or only one class among them); a class is never held out whole.
     """
     records = list(records)
     n_held = int(round(config.validation_fraction * len(records)))
@@ -55,7 +55,8 @@ def split_validation(records: Sequence[Record], config: TrainConfig) -> tuple[li
     for label in (True, False):
         members = np.flatnonzero(correct == label)
         share = int(round(n_held * len(members) / len(records)))
-        held += rng.choice(members, size=min(share, len(members)), replace=False).tolist()
+        # Never the whole class: the read-out must see right and wrong answers in training too.
+        held += rng.choice(members, size=max(0, min(share, len(members) - 1)), replace=False).tolist()
     held_set = set(held)
     validation = [records[i] for i in sorted(held_set)]
     if len({float(r.correct) >= 0.5 for r in validation}) < 2:
@@ -92,6 +93,11 @@ class EarlyStopping:
             self._best_state = trainable_state(model)
             return False
         self.since_best += 1
+        return self.stopped
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the measurements so far already said to stop (a checkpoint saved at the stopping step)."""
         return self.since_best >= self.patience
 
     def restore_best(self, model: torch.nn.Module) -> None:
