@@ -14,6 +14,7 @@ import functools
 import pytest
 import torch
 
+from certa import decoding
 from certa.decoding import Decoder, Request, answer_cache
 from certa.errors import InputError
 from certa.generation import generate
@@ -294,6 +295,45 @@ def test_a_failed_step_drops_the_rows_in_flight_and_the_decoder_goes_on(lm, prom
     rows = {r.key: r for r in decoder.run()}
     assert sorted(rows) == [2, 3]
     for i in (2, 3):
+        assert_matches_reference(lm, rows[i], *references[i])
+
+
+def test_a_failed_step_also_reports_the_rows_it_had_finished_or_was_merging(lm, prompts, monkeypatch):
+    decoder = Decoder(lm, max_rows=3)
+    decoder.extend(Request(p, max_new_tokens=MAX_NEW, key=i) for i, p in enumerate(prompts[:2]))
+    decoder.step()
+    decoder.extend([Request(prompts[2], max_new_tokens=1, key="first-token")])   # ends in its prefill
+    forward, calls = lm.model.forward, []
+
+    def fails_after_the_prefill(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise MemoryError("boom")
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", fails_after_the_prefill)
+    with pytest.raises(MemoryError):
+        decoder.step()
+    monkeypatch.undo()
+    assert sorted(map(str, decoder.lost_keys)) == ["0", "1", "first-token"]
+
+    decoder = Decoder(lm, max_rows=2)
+    decoder.extend(Request(p, max_new_tokens=MAX_NEW, key=i) for i, p in enumerate(prompts[:2]))
+    monkeypatch.setattr(decoding, "_merge", lambda *a: (_ for _ in ()).throw(MemoryError("boom")))
+    with pytest.raises(MemoryError):
+        decoder.step()                                   # both prefilled, then lost while joining the batch
+    monkeypatch.undo()
+    assert sorted(decoder.lost_keys) == [0, 1] and decoder.running == 0
+
+
+def test_a_vanishing_temperature_samples_the_most_likely_token_instead_of_failing_the_batch(lm, prompts, references):
+    crowd = [Request(p, max_new_tokens=MAX_NEW, key=i) for i, p in enumerate(prompts[:3])]
+    tiny = [Request(prompts[i], max_new_tokens=MAX_NEW, temperature=t, seed=1, key=f"t{i}")
+            for i, t in ((3, 1e-300), (4, 1e-40), (5, 1e-7))]
+    rows = {r.key: r for r in Decoder(lm, max_rows=6).run(crowd + tiny)}
+    for i, key in ((3, "t3"), (4, "t4"), (5, "t5")):
+        assert rows[key].token_ids == references[i][0]
+    for i in range(3):
         assert_matches_reference(lm, rows[i], *references[i])
 
 

@@ -102,6 +102,30 @@ def test_continuous_answers_equal_the_micro_batched_ones(varied_lm, hooked):
     assert any(finish == "stop" for reply in continuous for _, finish, _, _ in reply)   # a stop string cut one
 
 
+@pytest.mark.parametrize("scheduler", ["micro", "continuous"])
+def test_an_answer_cut_by_a_client_stop_string_is_scored_as_cut(varied_lm, scheduler):
+    """The read-out taken while decoding describes the uncut answer: the method must read the cut one."""
+    engine = _engine(varied_lm, hooked=True)
+    engine.method = lambda records: [r.confidence.get(ProbeHook.name, len(r.response) / 100) for r in records]
+    prompts = [f"Question: {q} Answer:" for q in QUESTIONS]
+    with serving(create_app(engine, scheduler=scheduler, max_batch=4)) as url:
+        api = client(url)
+        full = [api.completions.create(model="tiny", prompt=p, max_tokens=9).choices[0] for p in prompts]
+        # every other prompt is cut at its answer's third character; the others' stop never shows
+        stops = [f.text.strip()[2] if k % 2 == 0 else "\u2603" for k, f in enumerate(full)]
+        cut = [api.completions.create(model="tiny", prompt=p, max_tokens=9, stop=[stop]).choices[0]
+               for p, stop in zip(prompts, stops, strict=True)]
+    was_cut = [c.text != f.text for c, f in zip(cut, full, strict=True)]
+    assert was_cut == [k % 2 == 0 for k in range(len(prompts))]
+    for c, f, shorter, stop in zip(cut, full, was_cut, stops, strict=True):
+        if shorter:
+            assert c.finish_reason == "stop" and stop not in c.text and f.text.startswith(c.text)
+            assert c.confidence == pytest.approx(len(c.text.strip()) / 100)        # read on the cut answer
+        else:
+            assert c.confidence == pytest.approx(f.confidence, abs=1e-5)           # the decode-time read-out
+            assert f.confidence != pytest.approx(len(f.text.strip()) / 100)
+
+
 def test_seeded_sampling_is_reproducible_and_matches_the_micro_batcher(lm):
     engine = _engine(lm)
     request = dict(model="tiny", messages=[{"role": "user", "content": "Name a colour."}], n=3, temperature=0.9,
@@ -185,6 +209,57 @@ def test_a_short_request_overtakes_a_long_one_already_decoding(lm):
     assert long.choices[0].finish_reason == "length" and long.completion_tokens > 2
     assert short.completion_tokens <= 2
     assert scheduler.stats.max_batch_seen == 2                                  # both rows in one step
+
+
+def test_a_request_that_fails_to_score_fails_alone_not_the_ones_finishing_beside_it(lm):
+    from certa.errors import CertaError
+
+    engine = _engine(lm)
+    score = engine.method
+
+    def method(records):
+        if any("poison" in r.question for r in records):
+            raise CertaError("method returned a NaN confidence")
+        return score(records)
+
+    engine.method = method
+    scheduler = ContinuousScheduler(engine, max_rows=4)
+    gate = Gate(scheduler.decoder)
+
+    async def scenario():
+        scheduler.start()
+        tasks = [asyncio.create_task(scheduler.submit(_request(lm, text, 3))) for text in ("Hi", "poison", "Yo")]
+        await _until(lambda: scheduler.queued + scheduler.running == 3)
+        gate.release()                                   # all three prefill together and end at the same step
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await scheduler.stop()
+        return results
+
+    hi, poisoned, yo = asyncio.run(scenario())
+    assert isinstance(poisoned, CertaError)
+    assert [r.choices[0].finish_reason for r in (hi, yo)] == ["length", "length"]
+    assert all(0 <= r.choices[0].confidence <= 1 for r in (hi, yo))
+
+
+def test_a_server_side_failure_is_a_500_and_a_bad_request_a_400(lm):
+    from certa.errors import CertaError, InputError
+
+    engine = _engine(lm)
+    score = engine.method
+
+    def method(records):
+        if any("nan" in r.question for r in records):
+            raise CertaError("method 'x' returned a NaN or infinite confidence")
+        if any("bad" in r.question for r in records):
+            raise InputError("the question is refused")
+        return score(records)
+
+    engine.method = method
+    with serving(create_app(engine, max_batch=4)) as url:
+        for text, status, kind in (("nan", 500, "server_error"), ("bad", 400, "invalid_request_error")):
+            reply = httpx.post(f"{url}/v1/chat/completions", timeout=TIMEOUT, json={
+                "model": "tiny", "messages": [{"role": "user", "content": text}], "max_tokens": 2})
+            assert reply.status_code == status and reply.json()["error"]["type"] == kind
 
 
 def test_the_micro_batcher_makes_the_short_request_wait(lm):

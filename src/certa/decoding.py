@@ -257,6 +257,7 @@ class Decoder:
         self._drop_cancelled()
         finished: list[FinishedRow] = []
         newcomers: list[_Row] = []
+        joining: list[_Prefilled] = []
         try:
             with self.lm.answering():
                 free = self.max_rows - self.running
@@ -267,6 +268,7 @@ class Decoder:
                 if free and self._pool:
                     joining = [self._pool.popleft() for _ in range(min(free, len(self._pool)))]
                     self._batch = _merge(self._batch, _batch_of(joining))
+                    joining = []
                 if self._batch is not None:
                     running = self._decode_running()
                     finished += [self._finish(running, i) for i, row in enumerate(running.rows)
@@ -274,8 +276,10 @@ class Decoder:
                     self._batch = _keep_unfinished(running)
         except BaseException:
             # A forward that failed part-way (out of memory, interrupted) leaves the cache half-extended:
-            # drop every row in flight, say which, and stay usable for what is queued.
-            self.lost_keys = [r.request.key for r in (self._batch.rows if self._batch else []) + newcomers]
+            # drop every row in flight, say which, and stay usable for what is queued. Rows that ended at
+            # their first token or were leaving the pool are in flight too: nobody else will report them.
+            in_flight = (self._batch.rows if self._batch else []) + newcomers + [p.row for p in joining]
+            self.lost_keys = [r.request.key for r in in_flight] + [f.key for f in finished]
             self._batch = None
             raise
         return finished
@@ -467,9 +471,19 @@ class Decoder:
 # --- sampling ---------------------------------------------------------------------------------
 
 
+GREEDY_BELOW = 1e-6
+"""Temperatures below this sample the most likely token: float32 scores divided by less lose all but it."""
+
+
 def _sample(scores: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """One token from softmax(scores / temperature), restricted to the smallest set of mass >= top_p."""
-    scores = scores / temperature
+    """One token from softmax(scores / temperature), restricted to the smallest set of mass >= top_p.
+
+    Shifted by the maximum first, so a tiny temperature cannot overflow the float32 scores into NaN (one
+    such request would fail every row decoding beside it); below :data:`GREEDY_BELOW` it is the argmax.
+    """
+    if temperature < GREEDY_BELOW:
+        return scores.argmax()
+    scores = (scores - scores.max()) / temperature
     if top_p < 1.0:
         # As transformers' TopPLogitsWarper: drop the low tail whose cumulative mass is <= 1 - top_p.
         ordered, order = torch.sort(scores)

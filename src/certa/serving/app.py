@@ -24,7 +24,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import CertaError
+from ..errors import CertaError, InputError
 from .abstention import Abstention
 from .batcher import MicroBatcher, QueueFullError, Scheduler, ShuttingDownError
 from .engine import Engine, EngineRequest, EngineResult
@@ -236,8 +236,10 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
         raise APIError(429, f"{exc}; retry later", type="rate_limit_error", code="queue_full") from None
     except ShuttingDownError as exc:
         raise APIError(503, str(exc), type="server_error", code="shutting_down") from None
-    except CertaError as exc:
+    except InputError as exc:
         raise APIError(400, str(exc)) from None
+    except CertaError as exc:  # the server's own failure (a method's NaN, a missing package), not the request's
+        raise APIError(500, str(exc), type="server_error") from None
 
 
 DISCONNECT_POLL_S = 0.25

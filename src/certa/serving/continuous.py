@@ -209,19 +209,34 @@ class ContinuousScheduler:
                 choice = row.key[1]
                 job.done[choice] = job.rows[choice].generation(
                     self.engine.lm, row, {name: v[j] for name, v in values.items()}, share)
-            whole = [job for job in jobs.values() if len(job.done) == len(job.rows)]
-            if not whole:
-                return
-            results = self.engine.results([job.request for job in whole],
-                                          [job.done[c] for job in whole for c in range(len(job.rows))])
         except Exception as exc:
             logger.exception("reading %d finished rows failed", len(rows))
             self._fail(list(jobs.values()), exc)
             return
+        whole = [job for job in jobs.values() if len(job.done) == len(job.rows)]
+        if not whole:
+            return
+        try:
+            results = self._results(whole)
+        except Exception:  # one request's answers failed to score: score each alone, fail only the culprit
+            logger.exception("scoring %d finished requests together failed; scoring each alone", len(whole))
+            for job in whole:
+                try:
+                    self._answer(job, self._results([job])[0])
+                except Exception as exc:
+                    self._fail([job], exc)
+            return
         for job, result in zip(whole, results, strict=True):
-            with self._cond:
-                self._jobs.pop(job.id, None)
-            _resolve(job, result=result)
+            self._answer(job, result)
+
+    def _results(self, jobs: list[_Job]) -> list[Any]:
+        return self.engine.results([job.request for job in jobs],
+                                   [job.done[c] for job in jobs for c in range(len(job.rows))])
+
+    def _answer(self, job: _Job, result: Any) -> None:
+        with self._cond:
+            self._jobs.pop(job.id, None)
+        _resolve(job, result=result)
 
     # --- cancelling and failing -------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import CertaError
 from ..generation import RAW_PROMPT_KEY, AnswerRow, generate
 from ..methods.base import Needs, get_method
-from ..models import end_token_ids, render_chat
+from ..models import answer_stop_strings, end_token_ids, render_chat
 from ..records import Example, Record
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ class ConfidenceEngine:
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
         self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))
+        self._answer_stops = tuple(answer_stop_strings(lm))
 
     @property
     def fingerprint(self) -> str:
@@ -249,11 +250,15 @@ class ConfidenceEngine:
         a fresh random seed."""
         seed = 0 if request.greedy else request.seed if request.seed is not None else secrets.randbits(32)
         tag = "choice" if not request.greedy and request.seed is not None else "row"
-        return [AnswerRow(self.lm, Example(id=f"{tag}-{row.choice}", question=row.question, answers=[""],
+        rows = [AnswerRow(self.lm, Example(id=f"{tag}-{row.choice}", question=row.question, answers=[""],
                                            meta={RAW_PROMPT_KEY: row.prompt}),
                           key=(key, row.choice), max_new_tokens=row.max_new_tokens, temperature=row.temperature,
                           top_p=row.top_p, seed=seed, hooks=self._hooks)
                 for row in decode_rows([request])]
+        if request.stop:  # the row ends (and frees its slot) at the token that completes a client's stop string
+            for row in rows:
+                row.request.stop_strings = (*self._answer_stops, *request.stop)
+        return rows
 
     def results(self, requests: Sequence[EngineRequest], generations: Sequence[Generation]) -> list[EngineResult]:
         """The answers to ``requests`` from their decoded rows (one generation per :func:`decode_rows` row, in
@@ -296,13 +301,20 @@ class ConfidenceEngine:
         return len(self.lm.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _apply_stop(self, gen: Generation, stops: Sequence[str]) -> None:
-        """Cut a generation at its first stop string, keeping the per-token lists aligned."""
+        """Cut a generation at its first stop string, keeping the per-token lists aligned.
+
+        The model's own stop text (a template-less model's newline) never reaches the client; a client's
+        stop string that cuts the answer drops the confidences read while decoding, since they describe
+        the longer text: the method reads the answer the client gets.
+        """
         keep = [i for i, t in enumerate(gen.token_ids) if t not in self._special_ids]
         pieces = token_pieces(self.lm.tokenizer, [gen.token_ids[i] for i in keep])
-        kept, cut = cut_at_stop(pieces, stops)
+        answer, _ = cut_at_stop(pieces, self._answer_stops)
+        kept, cut = cut_at_stop(answer, stops)
         gen.meta["pieces"] = kept
         if not cut:
             return
+        gen.confidence, gen.sample_confidence, gen.hidden_state = {}, {}, None
         # Keep at least the token the stop string starts in: log-prob methods need one token to score,
         # and an answer cut to nothing was still that token's choice.
         last = keep[len(kept) - 1] + 1 if kept else (keep[0] + 1 if keep else 1)
