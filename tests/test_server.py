@@ -153,7 +153,11 @@ def test_legacy_completion_plain_and_streamed(scripted):
     assert reply.choices[0].logprobs.token_logprobs == [-0.5]
     chunks = list(api.completions.create(model="scripted", prompt="x y z", stream=True))
     assert "".join(c.choices[0].text for c in chunks) == "z ok"
-    assert chunks[-1].choices[0].confidence == pytest.approx(1 / 3)
+    assert chunks[-1].choices[0].confidence == pytest.approx(1 / 3) and chunks[-1].usage is None
+    chunks = list(api.completions.create(model="scripted", prompt="x y z", stream=True,
+                                         stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 3 + 2
+    assert chunks[-2].choices[0].confidence == pytest.approx(1 / 3)
 
 
 def test_models_and_health(scripted):
@@ -202,7 +206,8 @@ def test_malformed_json_and_wrong_types(scripted):
 @pytest.mark.parametrize(("route", "field", "value"), [
     ("chat", "temperature", False), ("chat", "top_p", True), ("chat", "n", True), ("chat", "max_tokens", "5"),
     ("chat", "top_logprobs", True), ("chat", "logprobs", "yes"), ("chat", "stream", "false"),
-    ("chat", "stream_options", {"include_usage": "false"}), ("text", "logprobs", True), ("text", "echo", 1),
+    ("chat", "stream_options", {"include_usage": "false"}), ("text", "stream_options", {"include_usage": 1}),
+    ("text", "logprobs", True), ("text", "echo", 1),
     ("text", "max_tokens", "5"), ("text", "include_abstained_answer", "true"),
 ])
 def test_json_values_of_the_wrong_type_are_not_coerced(scripted, route, field, value):

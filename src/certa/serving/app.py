@@ -147,8 +147,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
                           include_abstained=body.include_abstained_answer)
         decided = await _decide_and_record(request, reply, result, question)
         if body.stream:
-            include_usage = body.stream_options is not None and body.stream_options.include_usage
-            return sse(chat_chunks(reply, decided, result, include_usage))
+            return sse(chat_chunks(reply, decided, result, body.include_usage))
         return chat_response(reply, decided, result)
 
     @app.post("/v1/completions", dependencies=auth, response_model=None,
@@ -161,7 +160,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
                           logprobs=body.logprobs is not None, include_abstained=body.include_abstained_answer)
         decided = await _decide_and_record(request, reply, result, body.prompt)
         if body.stream:
-            return sse(completion_chunks(reply, decided))
+            return sse(completion_chunks(reply, decided, result, body.include_usage))
         return completion_response(reply, decided, result)
 
     @app.post("/v1/feedback", dependencies=auth, response_model=None,

@@ -138,8 +138,10 @@ def chat_chunks(reply: Reply, decided: Sequence[Decided], result: EngineResult,
         yield {**head, "choices": [], "usage": usage(result)}
 
 
-def completion_chunks(reply: Reply, decided: Sequence[Decided]) -> Iterator[dict[str, Any]]:
-    """Legacy completion chunks: one per token (or the refusal), then a final one with the decision."""
+def completion_chunks(reply: Reply, decided: Sequence[Decided], result: EngineResult,
+                      include_usage: bool) -> Iterator[dict[str, Any]]:
+    """Legacy completion chunks: one per token (or the refusal), then a final one with the decision; the
+    usage last when asked for."""
     head = reply.head("text_completion")
     for i, d in enumerate(decided):
         c = d.choice
@@ -151,6 +153,8 @@ def completion_chunks(reply: Reply, decided: Sequence[Decided]) -> Iterator[dict
                                             "logprobs": text_logprobs([token], [lp]) if reply.logprobs else None}]}
         yield {**head, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": c.finish_reason,
                                     **reply.decision(d)}]}
+    if include_usage:
+        yield {**head, "choices": [], "usage": usage(result)}
 
 
 def sse(chunks: Iterator[dict[str, Any]]) -> StreamingResponse:

@@ -67,6 +67,12 @@ def sampling_of(temperature: float | None, top_p: float | None, seed: int | None
 # ---- requests ------------------------------------------------------------------------------------
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = Field(False, description="a last chunk with the token usage, before [DONE]")
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -79,6 +85,7 @@ class _Request(BaseModel):
     seed: int | None = Field(None, ge=-_INT64, lt=_INT64, description="makes sampled answers reproducible")
     n: int = Field(1, ge=1)
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
     include_abstained_answer: StrictBool = Field(
         False, description="certa: when an answer is withheld (abstained), return it in 'abstained_answer'")
@@ -101,6 +108,11 @@ class _Request(BaseModel):
         return list(self.stop or [])
 
     @property
+    def include_usage(self) -> bool:
+        """Whether a stream ends with a usage chunk (``stream_options.include_usage``)."""
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
     def sampling(self) -> Sampling:
         return sampling_of(self.temperature, self.top_p, self.seed, self.n)
 
@@ -121,12 +133,6 @@ class ChatMessage(BaseModel):
                        if part.get("type") == "text" and isinstance(part.get("text"), str))
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    include_usage: StrictBool = Field(False, description="a last chunk with the token usage, before [DONE]")
-
-
 class ChatCompletionRequest(_Request):
     """Body of ``POST /v1/chat/completions``."""
 
@@ -134,7 +140,6 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: StrictBool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    stream_options: StreamOptions | None = None
 
     _chat_numbers = field_validator("max_completion_tokens", "top_logprobs", mode="before")(_a_json_number)
 
