@@ -262,6 +262,36 @@ def test_a_server_side_failure_is_a_500_and_a_bad_request_a_400(lm):
             assert reply.status_code == status and reply.json()["error"]["type"] == kind
 
 
+def test_a_row_the_decoder_refuses_fails_its_request_and_a_dead_loop_turns_health_503(lm):
+    from certa.errors import InputError
+
+    app = create_app(_engine(lm), max_batch=2)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    with serving(app) as url:
+        scheduler = app.state.scheduler
+        extend = scheduler.decoder.extend
+        refusals = iter([InputError("a row the decoder cannot take")])
+
+        def refuses_once(requests):
+            for exc in refusals:
+                raise exc
+            return extend(requests)
+
+        scheduler.decoder.extend = refuses_once
+        assert httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=TIMEOUT).status_code == 400
+        assert httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=TIMEOUT).status_code == 200
+        assert httpx.get(f"{url}/health", timeout=TIMEOUT).json()["status"] == "ok"
+
+        def broken():
+            raise RuntimeError("a bug in the loop itself")
+
+        scheduler._take_admissible = broken
+        assert httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=TIMEOUT).status_code == 500
+        health = httpx.get(f"{url}/health", timeout=TIMEOUT)
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=TIMEOUT).status_code == 503
+
+
 def test_the_micro_batcher_makes_the_short_request_wait(lm):
     """The contrast: a micro-batch runs to its end, so the short request waits for the long one."""
     engine = _engine(lm)

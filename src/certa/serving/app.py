@@ -120,15 +120,18 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     _install_error_handlers(app)
     auth = [Depends(_bearer_check(api_key))]
 
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
+    @app.get("/health", response_model=None)
+    async def health(request: Request) -> JSONResponse:
+        """``status`` ok (200), or unavailable (503) while shutting down or after the decode loop died."""
         scheduler: Scheduler = request.app.state.scheduler
-        return {"status": "ok", "model": engine.model_name, "confidence_method": engine.method_name,
-                "queued": scheduler.queued, "batches": scheduler.stats.batches,
-                "max_batch_seen": scheduler.stats.max_batch_seen,
+        up = scheduler.accepting
+        body = {"status": "ok" if up else "unavailable", "model": engine.model_name,
+                "confidence_method": engine.method_name, "queued": scheduler.queued,
+                "batches": scheduler.stats.batches, "max_batch_seen": scheduler.stats.max_batch_seen,
                 "abstention_threshold": abstention.threshold if abstention else None,
                 "feedback": loop.enabled, "recalibration": loop.recalibrator is not None,
                 "record_failures": loop.record_failures}
+        return JSONResponse(body, status_code=200 if up else 503)
 
     @app.get("/v1/models", dependencies=auth, response_model=None, responses={200: {"model": ModelList},
                                                                               **_errors(401)})

@@ -53,13 +53,17 @@ class Scheduler(Protocol[Req, Res]):
     request joins the running batch at the next decoding step.
 
     ``submit`` raises :class:`QueueFullError` (→ 429) or :class:`ShuttingDownError` (→ 503);
-    ``queued`` and ``stats`` feed ``/health``.
+    ``queued`` and ``stats`` feed ``/health``, which answers 503 while ``accepting`` is false (stopping,
+    or the worker died).
     """
 
     stats: BatchStats
 
     @property
     def queued(self) -> int: ...
+
+    @property
+    def accepting(self) -> bool: ...
 
     def start(self) -> None: ...
 
@@ -91,6 +95,11 @@ class MicroBatcher(Generic[Req, Res]):
     def queued(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def accepting(self) -> bool:
+        """Started, not stopping, and its worker still running."""
+        return self._accepting and self._worker is not None and not self._worker.done()
+
     def start(self) -> None:
         self._accepting = True
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="certa-batcher")
@@ -117,7 +126,7 @@ class MicroBatcher(Generic[Req, Res]):
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         self._fail_queued(ShuttingDownError("the server shut down before this request ran"))
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)  # a batch still running must not block the loop
 
     async def _run(self) -> None:
         while True:

@@ -101,6 +101,11 @@ class ContinuousScheduler:
         """Requests whose rows are in the decoder (decoding or about to join)."""
         return len(self._jobs)
 
+    @property
+    def accepting(self) -> bool:
+        """Started, not stopping, and the decode loop still running."""
+        return self._accepting and self._alive()
+
     def start(self) -> None:
         self._accepting = True
         self._thread = threading.Thread(target=self._work, name="certa-decode-loop", daemon=True)
@@ -177,9 +182,13 @@ class ContinuousScheduler:
             with self._cond:
                 if job.cancelled:
                     continue
+                try:
+                    self.decoder.extend(row.request for row in rows)
+                except Exception as exc:  # a row the decoder refuses fails its request, not the loop
+                    _resolve(job, exc=exc)
+                    continue
                 job.rows = rows
                 self._jobs[job.id] = job
-                self.decoder.extend(row.request for row in rows)
 
     def _step(self) -> None:
         try:
