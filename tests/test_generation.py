@@ -307,3 +307,16 @@ def test_resume_refuses_generations_missing_what_is_asked(lm, examples, tmp_path
     generate(lm, examples[:2], max_new_tokens=4, out=out, progress=False)
     with pytest.raises(InputError, match="lack hidden states, 2 samples"):
         generate(lm, examples[:3], max_new_tokens=4, hidden_states=True, samples=2, out=out, progress=False)
+
+
+def test_resume_refuses_answers_to_a_question_that_changed_under_its_id(lm, examples, tmp_path):
+    import dataclasses
+
+    out = tmp_path / "gens.jsonl"
+    generate(lm, examples[:2], max_new_tokens=4, out=out, progress=False)
+    assert [g.id for g in generate(lm, examples[:3], max_new_tokens=4, out=out, progress=False)] == \
+        [ex.id for ex in examples[:3]]                                     # a larger set resumes
+    edited = [dataclasses.replace(examples[0], question=examples[0].question + " (edited)"), *examples[1:3]]
+    for attempt in range(2):       # from the finished file, and from a .partial left by a larger request
+        with pytest.raises(InputError, match=rf"stored answer to '{examples[0].id}' was generated for another prompt"):
+            generate(lm, edited if attempt == 0 else [*edited, examples[3]], max_new_tokens=4, out=out, progress=False)

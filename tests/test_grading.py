@@ -71,6 +71,10 @@ def test_canonical_number(text, expected):
     ("The result is 4.", "3", 0.0),
     ("$1,234.50", "1234.5", 1.0),
     ("no number here", "3", 0.0),
+    ("1450001", "1450000", 0.0),        # whole numbers compare exactly (a relative tolerance accepted it)
+    ("1000000", "1000001", 0.0),
+    ("42\nConfidence: 80%", "42", 1.0),  # a stated confidence is not the answer
+    ("42\n**Confidence:** 80 %", "80", 0.0),
 ])
 def test_numeric_grader(response, gold, correct):
     assert get_grader("numeric")(response, numeric(gold)) == correct
@@ -87,6 +91,12 @@ def test_numeric_grader(response, gold, correct):
     ("It has degree 4.", "B"),                 # option text, mentioned once
     ("Either 4 or 6.", None),                  # option texts of two options
     ("24", None),                              # "4" is not a whole word inside "24"
+    # reviewed: a first line that is a letter decides, whatever the explanation after it names
+    ("B\n4 is the degree, not (A) 0.", "B"), ("B\nConfidence: 90%", "B"),
+    ("The answer is B or C", None), ("Answer: B, C", None), ("Answer: B or maybe C", None),  # hedges
+    ("Answer: b", "B"), ("Answer: (b)", "B"), ("Answer: **B**", "B"), ("The answer is a number", None),
+    ("B is correct", "B"), ("The correct option is B", "B"),
+    ("2 + 2 = 4", "B"),                        # numeric options: a calculation's result, not its first number
 ])
 def test_extract_choice_mmlu(text, expected):
     assert extract_answer(text, "choice", MMLU.choices) == expected
@@ -128,7 +138,7 @@ def test_gold_letter_from_text_when_no_letter_given():
     ("It is Paris.", "paris"),
     ("Paris is the capital of France.", "paris is capital of france"),
     ("The answer is: Leonardo da Vinci", "leonardo da vinci"),
-    ("Washington, D.C. is the capital.", "washington d c is capital"),
+    ("Washington, D.C. is the capital.", "washington dc is capital"),
     ("Kyiv. It used to be spelled Kiev.", "kyiv"),
     ("Bogotá\nMore text", "bogota"),
     ("   ", None),
@@ -146,6 +156,9 @@ def test_extract_short(text, expected):
     ("Bogota", ["Bogotá"], 1.0),                             # accents folded
     ("N'Djamena", ["Ndjamena"], 1.0),                        # apostrophes joined
     ("Denmark's capital is Copenhagen.", ["Denmark"], 1.0),   # possessive dropped
+    ("The U.S.A.", ["USA"], 1.0),                             # dotted initials are one word
+    ("The N.B. Hockey League", ["N.B.A."], 0.0),              # was "n b" and the article "a"
+    ("Washington DC", ["Washington, D.C."], 1.0),
 ])
 def test_short_grader_containment(response, answers, correct):
     assert get_grader("short")(response, short(answers)) == correct

@@ -107,6 +107,10 @@ def test_write_up_has_every_section_and_figure(study, study_config):
     assert "](results/reliability.png)" in text
     ece = study.evaluation.methods["grace"]["ece"]
     assert f"{ece.value:.3f} [{ece.low:.3f}, {ece.high:.3f}]" in text
+    cost = text.split("## Cost", 1)[1].split("\n## ", 1)[0]
+    fitted = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in cost.splitlines()
+              if line.startswith("| ") and line.split("|")[1].strip() in ("linear_probe", "apricot", "sequence_likelihood")}
+    assert fitted["sequence_likelihood"] == "–" and "–" not in (fitted["linear_probe"], fitted["apricot"])
 
 
 def test_a_rerun_reuses_every_stage_and_redoes_only_what_changed(study, study_config, monkeypatch):
@@ -266,3 +270,17 @@ def test_grace_ece_target_sets_the_measured_ece_beside_what_chance_alone_gives(t
     assert f"{floor[0]:.3f} ± {floor[1]:.3f} by chance on 300 answers" in row
     assert f"({offset:+.3f}): {shifted[0]:.3f}" in row
     assert 0.03 < floor[0] < 0.07 < shifted[0]  # the offset, not chance, is what this reader misses by
+
+
+def test_the_cross_domain_ece_claim_needs_another_learned_method():
+    from types import SimpleNamespace
+
+    from certa.study.claims import _cross_domain_ece_target
+
+    rows = [{"method": m, "train": "a", "test": "b", "ece": {"value": v}} for m, v in (("grace", .1), ("base_rate", .05))]
+    alone = SimpleNamespace(cross_domain={"methods": ["grace", "base_rate"], "results": rows})
+    assert _cross_domain_ece_target(alone, None) == []                 # was a ValueError from min() of nothing
+    rival = {"method": "linear_probe", "train": "a", "test": "b", "ece": {"value": .2}}
+    paired = SimpleNamespace(cross_domain={"methods": ["grace", "base_rate", "linear_probe"], "results": [*rows, rival]})
+    [claim] = _cross_domain_ece_target(paired, None)
+    assert "linear_probe 0.200" in claim.measured and "GrACE 0.100" in claim.measured

@@ -156,12 +156,12 @@ def generate(
     _check_arguments(examples, settings, batch_size)
     finished = _complete_output(Path(out), examples) if out is not None else None
     if finished is not None:
-        _check_resumable(out, list(finished.values()), settings)
+        _check_resumable(out, lm, examples, finished, settings)
         return [finished[ex.id] for ex in examples]
     with contextlib.ExitStack() as stack:
         appender = stack.enter_context(JsonlAppender(out)) if out is not None else None
         done = _finished_generations(appender)
-        _check_resumable(out, [done[ex.id] for ex in examples if ex.id in done], settings)
+        _check_resumable(out, lm, examples, done, settings)
         todo = [ex for ex in examples if ex.id not in done]
         bar = stack.enter_context(_progress_bar(len(examples), len(todo), progress))
         for gen in _decode_all(lm, _length_sorted(lm, todo), settings, batch_size):
@@ -218,8 +218,15 @@ def _finished_generations(appender: JsonlAppender | None) -> dict[str, Generatio
     return {g.id: g for g in read_jsonl(appender.partial, Generation)}
 
 
-def _check_resumable(out: Any, resumed: list[Generation], s: _Settings) -> None:
-    """Refuse to resume from generations that lack what this call asks for (they would be returned as-is)."""
+def _check_resumable(out: Any, lm: LoadedModel, examples: list[Example], done: dict[str, Generation],
+                     s: _Settings) -> None:
+    """Refuse to resume from generations that answer another prompt or lack what this call asks for
+    (they would be returned as-is)."""
+    resumed = [done[ex.id] for ex in examples if ex.id in done]
+    changed = next((ex for ex in examples if ex.id in done and done[ex.id].prompt != _prompt_text(lm, ex)), None)
+    if changed is not None:
+        raise InputError(f"{out}: the stored answer to {changed.id!r} was generated for another prompt (its question "
+                         "or the chat template changed); delete the file (and its .partial) or write to a new path")
     missing = []
     if s.hidden_states and any(g.hidden_state is None for g in resumed):
         missing.append("hidden states")

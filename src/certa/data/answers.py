@@ -24,6 +24,7 @@ _FINAL_MARKER = re.compile(r"####|\\boxed\{")
 _ANSWER_IS_NUMBER = re.compile(
     r"\banswer\s*(?:is|=|:)\s*[$*\s]*(?P<num>" + _NUMBER.pattern + r")(?![\d,.]*\s*[-+*/×=^])", re.IGNORECASE)
 _MINUS_SIGNS = str.maketrans({"−": "-", "–": "-"})
+_STATED_CONFIDENCE = re.compile(r"\n[\W_]*confidence\W*\d+(?:\.\d+)?\s*%?[\W_]*\Z", re.IGNORECASE)
 
 
 def canonical_number(text: str) -> str | None:
@@ -39,13 +40,19 @@ def canonical_number(text: str) -> str | None:
     return format(value.normalize(), "f")
 
 
+def _without_stated_confidence(text: str) -> str:
+    """The response without a last line stating a confidence ("42\\nConfidence: 80%" answers 42, not 80)."""
+    return _STATED_CONFIDENCE.sub("", text)
+
+
 def extract_number(text: str) -> str | None:
     """The final number a response commits to, in canonical form (GSM8K convention).
 
     Priority: the first number after the last ``####`` or ``\\boxed{``; a number right
-    after "the answer is" / "Answer:"; otherwise the last number in the text.
+    after "the answer is" / "Answer:"; otherwise the last number in the text. A last line
+    stating a confidence ("Confidence: 80%") is not part of the answer.
     """
-    text = text.translate(_MINUS_SIGNS)
+    text = _without_stated_confidence(text).translate(_MINUS_SIGNS)
     markers = list(_FINAL_MARKER.finditer(text))
     if markers:
         found = _NUMBER.search(text, markers[-1].end())
@@ -62,14 +69,20 @@ def extract_number(text: str) -> str | None:
 def _letter_tiers(letters: str) -> tuple[re.Pattern[str], ...]:
     """Ways of naming an option by letter, most explicit first (see ``extract_choice``)."""
     cls = f"[{letters}]"
+    # A letter the answer names, then any it lists beside it ("B or C", "B, C"): several are ambiguous.
+    listed = rf"[(\[*_]*({cls})\b(?!['’])(?:[)\]*_]*\s*(?:,|/|\bor\b(?:\s+maybe)?|\band\b)\s*[(\[*_]*({cls})\b)?"
     return (
-        # the whole response is a letter: "B", "(b)", "B."
+        # the whole response, or its first line, is a letter: "B", "(b)", "B.", "B\nLondon is ..."
         re.compile(rf"^\W*({cls})\W*$", re.IGNORECASE),
-        # "Answer: B", "The answer is (B)", "correct answer is option B"
-        re.compile(rf"(?i:\banswer\s*(?:is|:)?\s*(?:option\s*|choice\s*)?)[(\[]?({cls})\b(?!['’])"),
-        # starts with a lettered option ("B. Paris", "B) Paris", "B: Paris"), or "(B)" / "option B"
-        # anywhere; one tier, so that "(A) or (B)" is ambiguous rather than A
-        re.compile(rf"^\W*?[(\[]?({cls})[).:\]]|\(({cls})\)|(?i:\b(?:option|choice)\s+)({cls})\b"),
+        re.compile(rf"\A\s*\W*({cls})[^\w\n]*\n", re.IGNORECASE),
+        # "Answer: B", "The answer is (B)", "correct answer is option B", "Answer: **b**" (a lower-case
+        # letter only where it cannot be the article: "the answer is a city" names no option)
+        re.compile(rf"(?i:\banswer\s*(?:is|:)?\s*(?:option\s*|choice\s*)?){listed}"),
+        re.compile(rf"(?i:\banswer\s*(?:is|:)?\s*(?:option\s*|choice\s*)?[(\[*_]*)({cls.lower()})(?=[)\].:*_]|\s*$)"),
+        # starts with a lettered option ("B. Paris", "B) Paris", "B: Paris"), "B is correct", or "(B)" /
+        # "option (is) B" anywhere; one tier, so that "(A) or (B)" is ambiguous rather than A
+        re.compile(rf"^\W*?[(\[]?({cls})[).:\]]|^\W*({cls})\s+is\s+(?:the\s+)?(?:correct|right)\b|\(({cls})\)"
+                   rf"|(?i:\b(?:option|choice)\s+(?:is\s+)?)({cls})\b"),
     )
 
 
@@ -88,6 +101,7 @@ def extract_choice(text: str, choices: list[str] | None) -> str | None:
     mentions. Within a tier, naming two different options is ambiguous and yields None.
     """
     letters = choice_letters(len(choices)) if choices else "ABCD"
+    text = _without_stated_confidence(text)
     for pattern in _letter_tiers(letters):
         found = {g.upper() for m in pattern.finditer(text) for g in m.groups() if g}
         decided, letter = _unique(found)
@@ -99,6 +113,14 @@ def extract_choice(text: str, choices: list[str] | None) -> str | None:
 
 
 def _choice_by_text(text: str, choices: list[str], letters: str) -> str | None:
+    numbers = [canonical_number(choice) for choice in choices]
+    if all(number is not None for number in numbers):
+        # Numeric options: one option's number named, or a calculation's result ("2 × 12 = 24" picks 24,
+        # not the leading 2); "Either 4 or 6" names two and picks none.
+        named = {canonical_number(n) for n in _NUMBER.findall(_without_stated_confidence(text))} & set(numbers)
+        if len(named) > 1 and "=" in text:
+            named = {extract_number(text)}
+        return _unique({letter for letter, number in zip(letters, numbers, strict=True) if number in named})[1]
     response = normalize_text(text)
     options = [(letter, normalize_text(choice)) for letter, choice in zip(letters, choices, strict=True)]
     options = [(letter, option) for letter, option in options if option]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 from typing import Any
 
 from ..errors import CertaError, InputError
@@ -82,14 +83,20 @@ def get_grader(name: str, **options: Any) -> Grader:
 
 @register_grader("numeric")
 def numeric_grader(response: str, example: Example) -> float:
-    """1 when the response's final number equals any gold number (float tolerance 1e-6)."""
+    """1 when the response's final number equals any gold number: whole numbers exactly, others to
+    a float tolerance of 1e-6 (a relative tolerance would accept 1450001 for 1450000)."""
     predicted = extract_number(response)
     if predicted is None:
         return 0.0
-    value = float(predicted)
-    golds = (canonical_number(a) for a in example.answers)
-    return float(any(g is not None and math.isclose(value, float(g), rel_tol=NUMERIC_REL_TOL,
-                                                    abs_tol=NUMERIC_ABS_TOL) for g in golds))
+    golds = [g for g in (canonical_number(a) for a in example.answers) if g is not None]
+    return float(any(_same_number(predicted, g) for g in golds))
+
+
+def _same_number(predicted: str, gold: str) -> bool:
+    exact_p, exact_g = Decimal(predicted), Decimal(gold)
+    if exact_p == exact_p.to_integral_value() and exact_g == exact_g.to_integral_value():
+        return exact_p == exact_g
+    return math.isclose(float(exact_p), float(exact_g), rel_tol=NUMERIC_REL_TOL, abs_tol=NUMERIC_ABS_TOL)
 
 
 @register_grader("exact_match")

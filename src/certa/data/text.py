@@ -12,17 +12,20 @@ _POSSESSIVE = re.compile(r"['’]s\b")
 _APOSTROPHES = re.compile(r"['’ʻ`]")
 _NON_WORD = re.compile(r"[^\w\s]|_")
 _SPACES = re.compile(r"\s+")
+# Dotted initials are one word: "U.S.A." is "usa", not "u s" and the article "a".
+_INITIALS = re.compile(r"\b(?:[^\W\d_]\.){2,}")
 
 
 def normalize_text(text: str) -> str:
     """Lower-case, strip accents, possessives and punctuation, drop articles, collapse whitespace.
 
-    ``"The Bogotá, D.C."`` → ``"bogota d c"``: the SQuAD-style normalisation, plus
-    accent folding so that answers typed without diacritics still match.
+    ``"The Bogotá, D.C."`` → ``"bogota dc"``: the SQuAD-style normalisation, plus accent folding so
+    that answers typed without diacritics still match, and dotted initials read as one word.
     """
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = _APOSTROPHES.sub("", _POSSESSIVE.sub("", text))
+    text = _INITIALS.sub(lambda m: m.group().replace(".", ""), text)
     text = _NON_WORD.sub(" ", text)
     text = _ARTICLES.sub(" ", text)
     return _SPACES.sub(" ", text).strip()

@@ -230,6 +230,8 @@ def _cross_domain_ece_target(result: StudyResult, config: RunConfig) -> list[Cla
     for row in (r for r in cross["results"] if r["method"] == "grace" and r["train"] != r["test"]):
         others = {r["method"]: r["ece"]["value"] for r in cross["results"]
                   if r["method"] in rivals and r["train"] == row["train"] and r["test"] == row["test"]}
+        if not others:  # GrACE is the only learned method: nothing to be lowest among
+            continue
         best = min(others, key=others.__getitem__)
         out.append(Claim("certa", f"{row['train']}→{row['test']}: GrACE has the lowest ECE of the learned methods "
                                   "(the base-rate reference aside)",

@@ -113,6 +113,15 @@ class PublishSettings(_Strict):
     discussion: Path | None = Field(None, description="a hand-written Markdown section appended verbatim")
 
 
+def _trained_settings(where: str, name: str, base: str, fields: Mapping[str, Any]) -> None:
+    """Refuse settings a study would silently not use (a map's own key, a seed)."""
+    if name != base:
+        raise ValueError(f"{where}: give the trained method's own name, {base!r} (every map over it reads its "
+                         "artifact)")
+    if "seed" in fields:
+        raise ValueError(f"{where}.seed: the study's 'seed' (and 'seeds', for replicates) set the training seed")
+
+
 class RunConfig(_Strict):
     """A complete study: generate → grade → (train) → score → evaluate → report."""
 
@@ -141,29 +150,44 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _names_refer_to_datasets_and_methods(self) -> RunConfig:
-        for name in self.training:
+        # Settings are keyed by a trained method's own name (``grace``, not ``grace+platt``: a map over it
+        # reads the same artifact), and the study's seed and seeds set every training's seed.
+        for name, fields in self.training.items():
             try:
                 spec = MethodSpec.parse(name)
             except CertaError as exc:
                 raise ValueError(f"training.{name}: {exc}") from None
             if not spec.trained:
                 raise ValueError(f"training.{name}: {name!r} is not a trained method")
+            _trained_settings(f"training.{name}", name, spec.base, fields)
         keys = [d.key for d in self.datasets]
         if len(set(keys)) != len(keys):
             raise ValueError("two datasets share a name; give one a 'label'")
+        trained = self._trained_bases()
         for name, grid in (self.tuning.grids if self.tuning else {}).items():
-            if name not in self.training and name not in self.methods:
-                raise ValueError(f"tuning.grids.{name}: {name!r} is not among the methods")
+            if name not in trained:
+                raise ValueError(f"tuning.grids.{name}: {name!r} is not a trained method among the methods "
+                                 f"({', '.join(trained) or 'none'}); a search tunes a trained method's settings")
+            _trained_settings(f"tuning.grids.{name}", name, name, grid)
             if not grid or any(not values for values in grid.values()):
                 raise ValueError(f"tuning.grids.{name}: every field needs at least one value to try")
         for name in self.cross_domain.datasets if self.cross_domain else []:
             self.dataset(name)
         if self.scaling is not None:
             self.dataset(self.scaling.dataset)
-            if self.scaling.confidence not in self.methods:
-                raise ValueError(f"scaling reads {self.scaling.confidence!r} confidences, "
-                                 "so that method must be in 'methods'")
+            if self.scaling.confidence not in trained:
+                raise ValueError(f"scaling reads {self.scaling.confidence!r} confidences while sampling, so it "
+                                 f"must be a trained method in 'methods' ({', '.join(trained) or 'none'})")
         return self
+
+    def _trained_bases(self) -> list[str]:
+        specs = []
+        for name in self.methods:
+            try:
+                specs.append(MethodSpec.parse(name))
+            except CertaError:
+                continue  # an unknown method is reported by its own check, with the known names
+        return list(dict.fromkeys(spec.base for spec in specs if spec.trained))
 
     def train_config(self, method: str, tuned: Mapping[str, Any] | None = None) -> TrainConfig:
         """The resolved training config of a trained method: its defaults, this study's seed, what

@@ -284,7 +284,7 @@ def _cost_section(costs: dict[str, dict[str, Any]], extra: dict[str, Any]) -> st
     n = sum(v["test"] for v in extra["datasets"].values())
     rows = []
     for m, c in sorted(costs.items(), key=lambda kv: kv[1]["relative_to_generation"]):
-        learned = c.get("training_seconds", c["fit_seconds"] if "FIT" in c["needs"] else 0.0)
+        learned = c.get("training_seconds", c["fit_seconds"] if "fit" in c["needs"] else 0.0)
         ratio = f"{c['relative_to_generation']:.3f}×"
         if "realtime_relative_to_generation" in c:
             ratio += f" (read while decoding: {c['realtime_relative_to_generation']:.3f}×)"

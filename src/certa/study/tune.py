@@ -85,7 +85,7 @@ def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence
     by_dataset = {name: _judged(scores[end - len(records):end], correct[end - len(records):end])
                   for (name, records), end in zip(calibration.items(), ends, strict=True) if records}
     return {"values": values, "artifact": str(out), "brier": metrics.brier(scores, correct),
-            "nll": metrics.nll(scores, correct), "ece": metrics.ece(scores, correct),
+            "nll": metrics.nll(scores, correct), "ece": metrics.ece(scores, correct, n_bins=config.evaluation.n_bins),
             "auroc": metrics.auroc(scores, correct), "by_dataset": by_dataset, "steps": info.get("steps"),
             "best_step": (info.get("validation") or {}).get("best_step"),
             "seconds": {"training": training_seconds(artifact), "scoring": scoring}}
