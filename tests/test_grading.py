@@ -159,6 +159,8 @@ def test_extract_short(text, expected):
     ("The U.S.A.", ["USA"], 1.0),                             # dotted initials are one word
     ("The N.B. Hockey League", ["N.B.A."], 0.0),              # was "n b" and the article "a"
     ("Washington DC", ["Washington, D.C."], 1.0),
+    ("Washington D. C.", ["Washington, D.C."], 1.0),
+    ("By J. R. R. Tolkien.", ["J.R.R. Tolkien"], 1.0),
 ])
 def test_short_grader_containment(response, answers, correct):
     assert get_grader("short")(response, short(answers)) == correct

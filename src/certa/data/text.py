@@ -12,8 +12,8 @@ _POSSESSIVE = re.compile(r"['’]s\b")
 _APOSTROPHES = re.compile(r"['’ʻ`]")
 _NON_WORD = re.compile(r"[^\w\s]|_")
 _SPACES = re.compile(r"\s+")
-# Dotted initials are one word: "U.S.A." is "usa", not "u s" and the article "a".
-_INITIALS = re.compile(r"\b(?:[^\W\d_]\.){2,}")
+# Dotted initials are one word: "U.S.A." is "usa", not "u s" and the article "a"; "J. R. R." is "jrr".
+_INITIALS = re.compile(r"\b(?:[^\W\d_]\.[ \t]?){2,}")
 
 
 def normalize_text(text: str) -> str:
@@ -25,7 +25,7 @@ def normalize_text(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
     text = "".join(ch for ch in text if not unicodedata.combining(ch)).lower()
     text = _APOSTROPHES.sub("", _POSSESSIVE.sub("", text))
-    text = _INITIALS.sub(lambda m: m.group().replace(".", ""), text)
+    text = _INITIALS.sub(lambda m: m.group().replace(".", "").replace(" ", "").replace("\t", "") + " ", text)
     text = _NON_WORD.sub(" ", text)
     text = _ARTICLES.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
