@@ -211,18 +211,25 @@ def test_a_short_request_overtakes_a_long_one_already_decoding(lm):
     assert scheduler.stats.max_batch_seen == 2                                  # both rows in one step
 
 
-def test_a_request_that_fails_to_score_fails_alone_not_the_ones_finishing_beside_it(lm):
-    from certa.errors import CertaError
-
+def _failing_engine(lm, failures: dict):
+    """An engine whose method raises ``failures[word]`` for any batch with a question containing ``word``."""
     engine = _engine(lm)
     score = engine.method
 
     def method(records):
-        if any("poison" in r.question for r in records):
-            raise CertaError("method returned a NaN confidence")
+        for word, exc in failures.items():
+            if any(word in r.question for r in records):
+                raise exc
         return score(records)
 
     engine.method = method
+    return engine
+
+
+def test_a_request_that_fails_to_score_fails_alone_not_the_ones_finishing_beside_it(lm):
+    from certa.errors import CertaError
+
+    engine = _failing_engine(lm, {"poison": CertaError("method returned a NaN confidence")})
     scheduler = ContinuousScheduler(engine, max_rows=4)
     gate = Gate(scheduler.decoder)
 
@@ -244,17 +251,8 @@ def test_a_request_that_fails_to_score_fails_alone_not_the_ones_finishing_beside
 def test_a_server_side_failure_is_a_500_and_a_bad_request_a_400(lm):
     from certa.errors import CertaError, InputError
 
-    engine = _engine(lm)
-    score = engine.method
-
-    def method(records):
-        if any("nan" in r.question for r in records):
-            raise CertaError("method 'x' returned a NaN or infinite confidence")
-        if any("bad" in r.question for r in records):
-            raise InputError("the question is refused")
-        return score(records)
-
-    engine.method = method
+    engine = _failing_engine(lm, {"nan": CertaError("method 'x' returned a NaN or infinite confidence"),
+                                  "bad": InputError("the question is refused")})
     with serving(create_app(engine, max_batch=4)) as url:
         for text, status, kind in (("nan", 500, "server_error"), ("bad", 400, "invalid_request_error")):
             reply = httpx.post(f"{url}/v1/chat/completions", timeout=TIMEOUT, json={
