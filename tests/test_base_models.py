@@ -234,3 +234,15 @@ def test_real_gemma_answers_a_capital_in_one_line():
     [gen] = generate(lm, [example], max_new_tokens=16, progress=False)
     assert gen.response == "Paris" and gen.finish_reason == "stop"
     assert "\n" in lm.tokenizer.decode(gen.token_ids[-1:]) and len(gen.token_logprobs) == len(gen.token_ids)
+
+
+def test_the_server_does_not_return_a_base_models_own_stop_text(scripted):
+    from certa.serving.engine import ConfidenceEngine, EngineRequest
+
+    base, _ = scripted
+    engine = ConfidenceEngine(base, "sequence_likelihood", model_name="base")
+    prompt = base.chat_prompt(question_prompt(NUMERIC))
+    [result] = engine.complete([EngineRequest(prompt=prompt, max_new_tokens=8, question=NUMERIC.question)])
+    choice = result.choices[0]
+    assert choice.text == "42" and choice.finish_reason == "stop"       # was "42\n"
+    assert "".join(choice.tokens) == choice.text and len(choice.token_logprobs) == len(choice.tokens)
