@@ -317,7 +317,8 @@ def test_held_out_answers_choose_the_stopping_step_and_the_final_map(lively_dir,
     assert summary["best_step"] == min(history, key=history.get)          # the kept state is the best measured
     assert _brier(raw_held, held) == pytest.approx(history[summary["best_step"]], abs=1e-5)
     correct = np.array([r.correct for r in held])
-    expected = {"none": IDENTITY, "auto": choose_map(raw_held, correct)[0]}.get(recalibrate) or \
+    base_rate = np.mean([r.correct for r in records])          # a constant falls back to every answer's accuracy
+    expected = {"none": IDENTITY, "auto": choose_map(raw_held, correct, base_rate=base_rate)[0]}.get(recalibrate) or \
         fit_map(raw_held, correct, recalibrate, strength=1.0, nonnegative=True)
     assert trained.artifact["recalibration"]["kind"] == expected.kind
     np.testing.assert_allclose(get_method("grace", model=trained)(records),

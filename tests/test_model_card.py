@@ -67,7 +67,7 @@ def test_the_card_is_yaml_front_matter_that_says_what_the_artifact_is():
     ("auto", "beta", "after the beta map fitted on them 0.17 (in sample; out of fold 0.178)."),
     ("platt", "platt", "after the platt map fitted on them 0.17 (in sample)."),
     ("auto", "constant", "the read-out did no better than a constant on them, so this artifact gives every answer "
-                         "their accuracy, 0.3."),
+                         "the training accuracy, 0.3."),
 ])
 def test_the_card_says_which_final_map_training_chose(recalibrate, kind, says):
     out_of_fold = {"identity": 0.1875, "beta": 0.178} if recalibrate == "auto" else {}

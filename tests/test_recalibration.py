@@ -146,6 +146,9 @@ def test_choose_map_falls_back_to_the_base_rate_when_the_read_out_has_no_signal(
     np.testing.assert_allclose(chosen(c), y.mean())
     again = CalibrationMap.from_dict(json.loads(json.dumps(chosen.to_dict())))
     np.testing.assert_allclose(again(c), y.mean())
+    # given every training answer's accuracy, the constant is that (it needs no held-out answers)
+    chosen_all, brier_all = choose_map(c, y, base_rate=0.27)
+    assert brier_all == brier and chosen_all.kind == "constant" and chosen_all.params["p"] == 0.27
 
 
 def test_platt_refuses_labels_of_one_kind_and_isotonic_gives_a_constant():

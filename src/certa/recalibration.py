@@ -173,7 +173,8 @@ def fit_map(raw_conf: ArrayLike, correct: ArrayLike, kind: Kind = "isotonic", *,
 
 
 def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] = ("platt", "beta"), *,
-               folds: int = 5, strength: float = 1.0, seed: int = 0) -> tuple[CalibrationMap, dict[str, float]]:
+               folds: int = 5, strength: float = 1.0, seed: int = 0,
+               base_rate: float | None = None) -> tuple[CalibrationMap, dict[str, float]]:
     """The map of a trained read-out, chosen on held-out labels by out-of-fold Brier score; refitted on all.
 
     Each candidate is fitted on ``folds - 1`` stratified folds and scored on the one left out. A map
@@ -182,8 +183,10 @@ def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] =
     fits the wrong thing) must not replace confidences that are already about right. And when the
     choice does no better than the constant mean grade, the constant is returned: a read-out with no
     signal on these answers (a model at chance on a multiple-choice set) would otherwise spread
-    confidences that only look informative. Returns the map and each candidate's out-of-fold Brier
-    score; with fewer than ``folds`` labels of either kind the identity is kept.
+    confidences that only look informative. That constant is ``base_rate`` when given (the accuracy of
+    every training answer: a constant needs no held-out answers, and more answers estimate it better),
+    else the held-out labels' mean. Returns the map and each candidate's out-of-fold Brier score; with
+    fewer than ``folds`` labels of either kind the identity is kept.
     """
     from sklearn.model_selection import StratifiedKFold
 
@@ -208,7 +211,8 @@ def choose_map(raw_conf: ArrayLike, correct: ArrayLike, kinds: tuple[str, ...] =
         if gain.mean() > max(best_gain, gain.std(ddof=1) / np.sqrt(gain.size)):
             best, best_gain = kind, float(gain.mean())
     if brier[best] >= brier["constant"]:
-        return CalibrationMap("constant", {"p": float(y.mean())}, int(c.size), time.time()), brier
+        p = float(y.mean()) if base_rate is None else float(base_rate)
+        return CalibrationMap("constant", {"p": p}, int(c.size), time.time()), brier
     if best == "identity":
         return IDENTITY, brier
     return fit_map(c, y, best, strength=strength, nonnegative=True), brier

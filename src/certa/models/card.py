@@ -273,8 +273,8 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
         if kind == "identity":
             mapped = f"no recalibration map{why}"
         elif kind == "constant":
-            mapped = ("the read-out did no better than a constant on them, so this artifact gives every answer their "
-                      f"accuracy, {_round((info.get('recalibration') or {}).get('params', {}).get('p'))}")
+            mapped = ("the read-out did no better than a constant on them, so this artifact gives every answer the "
+                      f"training accuracy, {_round((info.get('recalibration') or {}).get('params', {}).get('p'))}")
         else:
             out_of_fold = _round((val.get("recalibration_brier_out_of_fold") or {}).get(kind))
             mapped = (f"after the {kind} map fitted on them {_round(val.get('brier_recalibrated'))} (in sample"

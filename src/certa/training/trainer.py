@@ -98,7 +98,8 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
     summary = {"data": data_summary(records, len(items)), "steps": steps, **(extra or {})}
     if stopping is not None:
         stopping.restore_best(lm.model)
-        summary["validation"] = _validation_summary(objective, lm, validation, held_out, config, stopping)
+        accuracy = float(np.mean([float(r.correct) for r in records]))
+        summary["validation"] = _validation_summary(objective, lm, validation, held_out, config, stopping, accuracy)
         summary["recalibration"] = summary["validation"].pop("recalibration")
     if accelerator.is_main_process:
         save_artifact(lm, objective.method, objective.artifact_info(), config.model_dump(), out, summary)
@@ -107,18 +108,20 @@ def train(objective: Objective, lm: LoadedModel, records: Sequence[Record], conf
 
 
 def _validation_summary(objective: Objective, lm: LoadedModel, items: Sequence[dict[str, Any]],
-                        records: Sequence[Record], config: TrainConfig, stopping: EarlyStopping) -> dict[str, Any]:
-    """What the held-out answers decided (the stopping step, their Brier scores) and the fitted recalibration."""
+                        records: Sequence[Record], config: TrainConfig, stopping: EarlyStopping,
+                        accuracy: float) -> dict[str, Any]:
+    """What the held-out answers decided (the stopping step, their Brier scores) and the fitted recalibration;
+    ``accuracy`` (of every training answer) is the constant a read-out without signal falls back to."""
     lm.model.eval()
     raw = validation_confidences(objective, lm, items, config)
     correct = np.array([float(r.correct) for r in records])
     candidates: dict[str, float] = {}
     if config.recalibrate == "auto":
-        recalibration, candidates = choose_map(raw, correct, seed=config.seed)
+        recalibration, candidates = choose_map(raw, correct, seed=config.seed, base_rate=accuracy)
         if recalibration.kind == "constant":
             log.warning("%s: on the %d held-out answers the trained read-out did no better than a constant, so "
-                        "the artifact answers every question with their accuracy, %.3f (no signal to learn from "
-                        "these answers)", objective.method, len(records), recalibration.params["p"])
+                        "the artifact answers every question with the training accuracy, %.3f (no signal to learn "
+                        "from these answers)", objective.method, len(records), recalibration.params["p"])
     elif config.recalibrate == "none":
         recalibration = IDENTITY
     else:
