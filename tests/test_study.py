@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from certa.data.grading import register_grader
-from certa.study import cache, run_study, stages, training
+from certa.study import cache, run_study, stages, training, tune
 from certa.study.config import RunConfig
 
 METHODS = ["sequence_likelihood", "consistency", "linear_probe", "apricot", "grace", "conftuner"]
@@ -123,6 +123,7 @@ def test_a_rerun_reuses_every_stage_and_redoes_only_what_changed(study, study_co
 
     monkeypatch.setattr(cache, "score_methods", counting)
     monkeypatch.setattr(training, "load_base_model", lambda *a, **k: pytest.fail("retrained a cached artifact"))
+    monkeypatch.setattr(tune, "load_model", lambda *a, **k: pytest.fail("rescored a tuning grid point"))
     again = run_study(study_config)
     assert calls == []
     assert again.evaluation.methods["grace"]["ece"].value == study.evaluation.methods["grace"]["ece"].value
@@ -284,3 +285,20 @@ def test_the_cross_domain_ece_claim_needs_another_learned_method():
     paired = SimpleNamespace(cross_domain={"methods": ["grace", "base_rate", "linear_probe"], "results": [*rows, rival]})
     [claim] = _cross_domain_ece_target(paired, None)
     assert "linear_probe 0.200" in claim.measured and "GrACE 0.100" in claim.measured
+
+
+def test_an_artifacts_id_ignores_the_note_of_how_its_settings_were_chosen(tmp_path):
+    from certa.models.artifact import artifact_id
+
+    (tmp_path / "certa.json").write_text(json.dumps({"method": "grace", "steps": 3}))
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
+    plain = artifact_id(tmp_path)
+    noted = lambda grid: json.dumps({"method": "grace", "tuning": {"grid": grid}, "steps": 3}, indent=2)  # noqa: E731
+    (tmp_path / "certa.json").write_text(noted([1, 2]))
+    first = artifact_id(tmp_path)
+    (tmp_path / "certa.json").write_text(noted([1, 2, 3]))        # a grid extended, the same point still won
+    assert artifact_id(tmp_path) == first
+    (tmp_path / "certa.json").write_text(json.dumps({"method": "grace", "tuning": {"grid": [1]}, "steps": 4}))
+    assert artifact_id(tmp_path) not in (first, plain)
+    (tmp_path / "certa.json").write_text(json.dumps({"steps": 3, "method": "grace"}, indent=4))
+    assert artifact_id(tmp_path) == plain == first                 # the content counts, not its layout

@@ -57,14 +57,29 @@ def is_export(path: str | os.PathLike[str]) -> bool:
 
 
 def artifact_id(path: str | os.PathLike[str]) -> str:
-    """A digest of an artifact's metadata and weights: whatever was computed with it is valid while it holds."""
+    """A digest of an artifact's metadata and weights: whatever was computed with it is valid while it holds.
+
+    A study's note of how the artifact's settings were chosen (``tuning``) is not part of it: extending a
+    grid that the same point still wins changes the note, not the artifact.
+    """
     digest = hashlib.sha1()
     for name in (ARTIFACT_FILE, _WEIGHTS):
         file = Path(path) / name
         if file.exists():
             digest.update(name.encode())
-            digest.update(file.read_bytes())
+            digest.update(_without_tuning_note(file.read_bytes()) if name == ARTIFACT_FILE else file.read_bytes())
     return digest.hexdigest()
+
+
+def _without_tuning_note(data: bytes) -> bytes:
+    """``certa.json``'s content without a tuning note, in one canonical form (its bytes if it is not JSON)."""
+    try:
+        info = json.loads(data)
+    except ValueError:
+        return data
+    if isinstance(info, dict):
+        info = {k: v for k, v in info.items() if k != "tuning"}
+    return json.dumps(info, sort_keys=True).encode()
 
 
 def save_artifact(lm: LoadedModel, method: str, method_info: dict[str, Any], config: dict[str, Any],

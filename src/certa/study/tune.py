@@ -26,13 +26,17 @@ import numpy as np
 from .. import metrics
 from ..methods.base import get_method
 from ..models import load_model
+from ..models.artifact import artifact_id
 from ..records import Record, atomic_write_text
 from ..training.trainer import training_seconds
 from .config import RunConfig
-from .stages import fingerprint
+from .stages import fingerprint, record_key
 from .training import train_artifact
 
 log = logging.getLogger(__name__)
+
+SCORES_FILE = "calibration.scores.json"
+"""In each grid point's folder: its confidences on the calibration answers, reused while nothing changed."""
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -72,13 +76,8 @@ def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence
     train_config = config.train_config(method, values)
     out = root / fingerprint(values)[:12]
     artifact = train_artifact(config, method, train_config, train, out)
-    lm = load_model(artifact)
     pooled = [r for records in calibration.values() for r in records]
-    start = time.perf_counter()
-    scores = get_method(method, model=lm)(pooled)
-    scoring = time.perf_counter() - start
-    del lm
-    gc.collect()
+    scores, scoring = _calibration_scores(method, artifact, pooled)
     correct = np.array([r.correct for r in pooled])
     info = json.loads((artifact / "certa.json").read_text(encoding="utf-8"))
     ends = np.cumsum([len(records) for records in calibration.values()])
@@ -91,6 +90,27 @@ def _try(config: RunConfig, method: str, values: dict[str, Any], train: Sequence
             "seconds": {"training": training_seconds(artifact), "scoring": scoring}}
 
 
+def _calibration_scores(method: str, artifact: Path, pooled: Sequence[Record]) -> tuple[np.ndarray, float]:
+    """The grid point's confidences on the calibration answers and the seconds they took, kept in the
+    artifact's folder while the artifact and the answers are the same (a re-run rescored every point)."""
+    cache = artifact / SCORES_FILE
+    key = fingerprint(method, artifact_id(artifact), record_key(pooled, graded=False))
+    try:
+        kept = json.loads(cache.read_text(encoding="utf-8"))
+        if kept["key"] == key:
+            return np.asarray(kept["scores"], dtype=float), float(kept["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or damaged: score again
+    lm = load_model(artifact)
+    start = time.perf_counter()
+    scores = np.asarray(get_method(method, model=lm)(pooled), dtype=float)
+    seconds = time.perf_counter() - start
+    del lm
+    gc.collect()
+    atomic_write_text(cache, json.dumps({"key": key, "scores": scores.tolist(), "seconds": seconds}))
+    return scores, seconds
+
+
 def _judged(scores: np.ndarray, correct: np.ndarray) -> dict[str, float | int]:
     """One dataset's calibration answers: how many, their Brier score and AUROC, and the confidences' spread."""
     return {"answers": int(correct.size), "brier": metrics.brier(scores, correct),
@@ -98,7 +118,7 @@ def _judged(scores: np.ndarray, correct: np.ndarray) -> dict[str, float | int]:
 
 
 def _note_choice(artifact: Path, tuning: dict[str, Any]) -> None:
-    """Record in the chosen artifact's ``certa.json`` how its settings were chosen."""
+    """Record in the chosen artifact's ``certa.json`` how its settings were chosen (not part of its id)."""
     file = artifact / "certa.json"
     info = json.loads(file.read_text(encoding="utf-8"))
     if info.get("tuning") != tuning:
