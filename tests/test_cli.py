@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import typing
 
 import numpy as np
 import pytest
@@ -97,6 +98,8 @@ def test_evaluate_explains_an_interval_that_excludes_its_point_estimate(capsys, 
         (["run", "{config}"], "unknown key 'modle'"),
         (["score", "--in", "{records}", "-o", "{records}/x/scores.jsonl"], "error:"),
         (["generate", "-m", "{tmp}/no-such-model", "-o", "{tmp}/g.jsonl"], "no-such-model"),
+        (["run", "{empty}"], "empty.yaml: the config is empty"),                 # ran the whole default study
+        (["serve", "--max-batch", "0"], "--max-batch: Input should be greater than or equal to 1"),  # a traceback
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records, args, message):
@@ -104,12 +107,27 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records,
     bad.write_text('{"id": "a", "prompt": "p", "response": "r", "correct": 1}\n{"id": \n')
     config = tmp_path / "c.yaml"
     config.write_text("modle: default\n")
-    fmt = {"records": graded_records, "bad": bad, "tmp": tmp_path, "config": config}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    fmt = {"records": graded_records, "bad": bad, "tmp": tmp_path, "config": config, "empty": empty}
     code, out, err = run_cli(capsys, *[a.format(**fmt) for a in args])
     assert code == 2, (out, err)
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "g.jsonl").exists()  # nothing half-written
+
+
+def test_training_options_show_their_defaults_and_take_a_union_fields_words(capsys, monkeypatch):
+    from certa.cli.fields import field_options, given_values
+    from certa.methods.grace import GraceConfig
+
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, _ = run_cli(capsys, "train", "grace", "--help")
+    assert code == 0 and "[default: 12.0]" in out                     # Rich markup had swallowed it
+    probe_c = next(p for p in field_options(GraceConfig) if p.name == "probe_c")
+    assert str in typing.get_args(typing.get_args(probe_c.annotation)[0])   # parsed as text, not as a float
+    assert GraceConfig(**given_values(GraceConfig, {"probe_c": "cv"})).probe_c == "cv"
+    assert GraceConfig(**given_values(GraceConfig, {"probe_c": "0.01"})).probe_c == 0.01
 
 
 def test_a_usage_error_is_clicks_message_not_a_traceback(capsys):

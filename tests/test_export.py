@@ -144,6 +144,11 @@ def test_an_export_loads_as_a_plain_model_and_refuses_to_overwrite(exported):
     assert lm.artifact is None and lm.tokenizer.convert_ids_to_tokens(len(lm.tokenizer) - 1) == "<CNF>"
     with pytest.raises(InputError, match="exists and is not empty"):
         export_grace(artifact, out)
+    # --overwrite onto the artifact itself (or around it) refuses before touching anything: it deleted the artifact
+    for target in (artifact, artifact.parent, artifact / "inside"):
+        with pytest.raises(InputError, match="would replace or sit inside the artifact"):
+            export_grace(artifact, target, overwrite=True)
+    assert is_artifact(artifact) and not (artifact / "inside").exists()
 
 
 def test_vllm_style_lora_over_the_whole_sequence_is_an_approximation(exported, records):

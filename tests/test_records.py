@@ -45,6 +45,41 @@ def test_wrong_answer_type_and_nan_correct(tmp_path):
         read_jsonl(path, Record)
 
 
+@pytest.mark.parametrize(("row", "message"), [
+    ({"response": 5}, r"g\.jsonl:1: field 'response' must be a string, got a number"),
+    ({"response": None}, "field 'response' must be a string, got null"),
+    ({"samples": [4, 5]}, "field 'samples' must be a list of strings"),
+    ({"token_ids": [1, "2"]}, "field 'token_ids' must be a list of integers"),
+    ({"token_logprobs": "abc"}, "field 'token_logprobs' must be a list of numbers, got a string"),
+    ({"token_logprobs": [-0.5, True]}, r"field 'token_logprobs\[1\]' must be a number"),
+    ({"hidden_state": [0.1, "x"]}, r"field 'hidden_state\[1\]' must be a finite number"),
+    ({"confidence": {"grace": "high"}}, "field 'confidence.grace' must be a finite number"),
+    ({"id": None}, "field 'id' must be a string or an integer, got null"),
+])
+def test_generation_fields_of_the_wrong_type_are_one_line_errors(tmp_path, row, message):
+    """They crashed later with a traceback (grading a number, scoring a string of log-probs)."""
+    path = tmp_path / "g.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "p", "response": "r", **row}) + "\n")
+    with pytest.raises(InputError, match=message):
+        read_jsonl(path, Generation)
+
+
+def test_a_record_needs_its_grade_in_range(tmp_path):
+    path = tmp_path / "r.jsonl"
+    rows = [{"id": "a", "prompt": "p", "response": "r", "correct": 1}, {"id": "b", "prompt": "p", "response": "r"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError, match=r"r\.jsonl:2: missing field 'correct'"):   # was silently graded wrong
+        read_jsonl(path, Record)
+    for bad, message in (({"correct": 5}, "'correct' must be in \\[0, 1\\], got 5"),
+                         ({"correct": 1, "sample_correct": [7]}, r"'sample_correct\[0\]' must be in \[0, 1\]")):
+        path.write_text(json.dumps({"id": "a", "prompt": "p", "response": "r", **bad}) + "\n")
+        with pytest.raises(InputError, match=message):
+            read_jsonl(path, Record)
+    path.write_text(json.dumps({"id": 3, "prompt": "p", "response": "r", "correct": True}) + "\n")
+    (rec,) = read_jsonl(path, Record)
+    assert rec.id == "3" and rec.correct == 1.0 and isinstance(rec.correct, float)
+
+
 def test_unknown_keys_are_kept_in_meta(tmp_path):
     path = tmp_path / "e.jsonl"
     path.write_text(json.dumps({"id": 7, "question": "q", "answers": ["x"], "difficulty": 3}) + "\n")

@@ -155,13 +155,61 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             obj.validate()
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from None
+    if isinstance(obj, Generation):
+        _check_generation(obj, where)
     if isinstance(obj, Record):
+        if "correct" not in data:  # the default 0.0 would silently grade the answer wrong
+            raise InputError(f"{where}: missing field 'correct' (a graded record needs its grade)")
         _check_finite(obj.correct, "correct", where)
+        obj.correct = float(obj.correct)  # true / false are grades too
+        _check_grades([obj.correct], "correct", where)
+        _check_numbers(obj.sample_correct, "sample_correct", where)
+        _check_grades(obj.sample_correct, "sample_correct", where)
         for name in ("answers", "choices"):
             value = getattr(obj, name)
             if value is not None and not _is_str_list(value):
                 raise InputError(f"{where}: field {name!r} must be a list of strings")
     return obj
+
+
+def _check_generation(gen: Generation, where: str) -> None:
+    """The fields every reader relies on have their JSON types (a number as ``response`` crashed grading)."""
+    if isinstance(gen.id, (str, int)) and not isinstance(gen.id, bool):
+        gen.id = str(gen.id)
+    else:
+        raise InputError(f"{where}: field 'id' must be a string or an integer, got {json_type(gen.id)}")
+    for name in ("prompt", "response", "model", "finish_reason"):
+        if not isinstance(getattr(gen, name), str):
+            raise InputError(f"{where}: field {name!r} must be a string, got {json_type(getattr(gen, name))}")
+    if not _is_str_list(gen.samples):
+        raise InputError(f"{where}: field 'samples' must be a list of strings")
+    if not (isinstance(gen.token_ids, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                     for t in gen.token_ids)):
+        raise InputError(f"{where}: field 'token_ids' must be a list of integers")
+    for name in ("token_logprobs", "token_entropies"):
+        _check_numbers(getattr(gen, name), name, where)
+    if gen.hidden_state is not None:
+        _check_numbers(gen.hidden_state, "hidden_state", where)
+    if not isinstance(gen.confidence, dict):
+        raise InputError(f"{where}: field 'confidence' must be a JSON object of numbers")
+    for name, value in gen.confidence.items():
+        _check_finite(value, f"confidence.{name}", where)
+
+
+def _check_numbers(values: Any, name: str, where: str) -> None:
+    if not isinstance(values, list):
+        raise InputError(f"{where}: field {name!r} must be a list of numbers, got {json_type(values)}")
+    for i, value in enumerate(values):
+        if isinstance(value, bool):
+            raise InputError(f"{where}: field '{name}[{i}]' must be a number, got {value!r}")
+        _check_finite(value, f"{name}[{i}]", where)
+
+
+def _check_grades(values: Sequence[float], name: str, where: str) -> None:
+    for i, value in enumerate(values):
+        if not 0.0 <= value <= 1.0:
+            label = name if name == "correct" else f"{name}[{i}]"
+            raise InputError(f"{where}: field {label!r} must be in [0, 1], got {value!r}")
 
 
 def _is_str_list(value: Any) -> bool:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 
 
 def field_options(config_class: type[BaseModel]) -> list[inspect.Parameter]:
@@ -23,7 +24,8 @@ def field_options(config_class: type[BaseModel]) -> list[inspect.Parameter]:
         kind, extra = _cli_type(field.annotation)
         default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else default
-        help_text = f"{field.description or name} [default: {shown}]"
+        # escaped: Typer renders help as Rich markup, which would swallow "[default: ...]" as a tag
+        help_text = escape(f"{field.description or name} [default: {shown}]")
         option = typer.Option(f"--{name.replace('_', '-')}", help=help_text, show_default=False, **extra)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                         annotation=Annotated[kind | None, option]))
@@ -51,6 +53,8 @@ def _cli_type(annotation: Any) -> tuple[type, dict[str, Any]]:
         return annotation, {}
     if origin is list:
         return str, {"metavar": "A,B,..."}
-    if args and origin is not None:  # X | None
+    if len(args) == 1 and origin is not None:  # X | None
         return _cli_type(args[0])
+    if args and origin is not None:  # a union such as float | Literal["cv"]: the field's validator decides
+        return str, {}
     return annotation if annotation in (int, float, str, bool) else str, {}

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
+from ..errors import InputError
 from ..serving.abstention import DEFAULT_REFUSAL
 from ..serving.server import serve as run_server
 from ..serving.settings import ServerSettings
@@ -46,11 +48,14 @@ def serve(
     if engine != "hf":
         _vllm_serving(engine)
     if scheduler not in ("continuous", "micro"):
-        from ..errors import InputError
-
         raise InputError(f"--scheduler must be 'continuous' or 'micro', got {scheduler!r}")
-    settings = ServerSettings(scheduler=scheduler, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                              max_queue=max_queue)
+    try:
+        settings = ServerSettings(scheduler=scheduler, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                                  max_queue=max_queue)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
+        raise InputError(f"{option}: {str(err['msg']).removeprefix('Value error, ')}") from None
     run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
                abstain_target_error=abstain_target_error, calibration=str(calibration) if calibration else None,
                calibration_column=calibration_column, abstain_delta=abstain_delta,

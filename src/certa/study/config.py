@@ -205,7 +205,10 @@ class RunConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
-        config = cls.from_dict(load_yaml_mapping(path), where=str(path))
+        data = load_yaml_mapping(path)
+        if not data:  # a wrong or unsaved file would otherwise start the whole default study
+            raise InputError(f"{path}: the config is empty; give at least 'datasets' and 'methods' (see configs/)")
+        config = cls.from_dict(data, where=str(path))
         config._source = Path(path)
         return config
 

@@ -70,10 +70,13 @@ def export_grace(artifact: str | os.PathLike[str], out: str | os.PathLike[str], 
         raise InputError(f"{source}: a {info['method']!r} artifact; --format merged exports GrACE artifacts "
                          "(ConfTuner reads a verbal confidence: serve its base with the LoRA, e.g. vLLM --lora-modules)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise InputError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
-        shutil.rmtree(out)
+    here, there = source.resolve(), out.resolve()
+    if there == here or here in there.parents or there in here.parents:
+        raise InputError(f"{out}: the export would replace or sit inside the artifact {source}; choose another "
+                         "directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
+    # An existing OUT is replaced only once the new export is whole (below): a failure keeps it.
     method_info = info.get("method_info", {})
     mode, readout = method_info.get("mode", "suffix"), method_info.get("readout", "step")
     lm = load_artifact(source, device="cpu", dtype=torch.float32)
