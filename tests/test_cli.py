@@ -99,6 +99,7 @@ def test_evaluate_explains_an_interval_that_excludes_its_point_estimate(capsys, 
         (["score", "--in", "{records}", "-o", "{records}/x/scores.jsonl"], "error:"),
         (["generate", "-m", "{tmp}/no-such-model", "-o", "{tmp}/g.jsonl"], "no-such-model"),
         (["run", "{empty}"], "empty.yaml: the config is empty"),                 # ran the whole default study
+        (["evaluate", "--in", "{outside}"], "outside.jsonl:2: field 'scores.m' = 1.7 is outside [0, 1]"),
         (["serve", "--max-batch", "0"], "--max-batch: Input should be greater than or equal to 1"),  # a traceback
     ],
 )
@@ -109,7 +110,10 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records,
     config.write_text("modle: default\n")
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
-    fmt = {"records": graded_records, "bad": bad, "tmp": tmp_path, "config": config, "empty": empty}
+    outside = tmp_path / "outside.jsonl"                  # said "confidence[1] = 1.7", no file, no line
+    outside.write_text('{"correct": 1, "scores": {"m": 0.5}}\n{"correct": 0, "scores": {"m": 1.7}}\n')
+    fmt = {"records": graded_records, "bad": bad, "tmp": tmp_path, "config": config, "empty": empty,
+           "outside": outside}
     code, out, err = run_cli(capsys, *[a.format(**fmt) for a in args])
     assert code == 2, (out, err)
     assert message in err

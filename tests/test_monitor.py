@@ -77,6 +77,28 @@ def test_cli_monitor(traffic, tmp_path, capsys):
     assert code == 2 and "no such feedback database" in err
 
 
+def test_monitor_reads_the_database_without_changing_it(traffic, tmp_path, capsys):
+    """It opened read-write: an empty file became a 28 KB database, another SQLite file was switched to WAL."""
+    import sqlite3
+
+    db, _ = traffic
+    before = db.read_bytes()
+    assert run_cli(capsys, "monitor", "--db", str(db), "-o", str(tmp_path / "m"), "--n-bootstrap", "20")[0] == 0
+    assert db.read_bytes() == before
+    empty, other = tmp_path / "empty.db", tmp_path / "other.db"
+    empty.write_bytes(b"")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE notes (text TEXT)")
+    conn.close()
+    for path in (empty, other):
+        code, _, err = run_cli(capsys, "monitor", "--db", str(path), "-o", str(tmp_path / "x"))
+        assert code == 2 and f"{path}: not a feedback database at schema" in err and len(err.strip().splitlines()) == 1
+    assert empty.read_bytes() == b""
+    with sqlite3.connect(other) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    conn.close()
+
+
 def test_several_methods_or_none_labelled(traffic, tmp_path):
     db, _ = traffic
     with FeedbackStore(db) as store:

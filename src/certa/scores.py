@@ -76,4 +76,6 @@ def _finite(value: Any, name: str, where: str) -> float:
         raise InputError(f"{where}: field {name!r} is not a number ({value!r})") from None
     if not np.isfinite(number):
         raise InputError(f"{where}: field {name!r} is {value!r}; confidences must be finite")
+    if not 0.0 <= number <= 1.0:  # said here, with the line, rather than later as "confidence[5]"
+        raise InputError(f"{where}: field {name!r} = {number:g} is outside [0, 1]")
     return number

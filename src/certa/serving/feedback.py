@@ -279,13 +279,19 @@ class FeedbackStore:
 
     ``path`` is created (with its parent folder) when missing and migrated to the current schema.
     ``timeout`` is how long a write waits for another process's lock before failing.
+    ``read_only`` (a reader such as ``certa monitor``): the file must exist at the current schema and is
+    neither created, migrated nor switched to write-ahead logging.
     Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0):
+    def __init__(self, path: str | Path, *, timeout: float = 30.0, read_only: bool = False):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        if read_only:
+            self._conn = self._open_read_only(timeout)
+            self.migrated_from = SCHEMA_VERSION
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -300,6 +306,23 @@ class FeedbackStore:
             if isinstance(e, sqlite3.DatabaseError):
                 raise FeedbackDatabaseError(f"{self.path}: not a usable feedback database ({e})") from None
             raise
+
+    def _open_read_only(self, timeout: float) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise FeedbackDatabaseError(f"{self.path}: no such feedback database")
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise FeedbackDatabaseError(f"{self.path}: not a usable feedback database ({e})") from None
+        if version != SCHEMA_VERSION or "answers" not in tables:
+            conn.close()
+            raise FeedbackDatabaseError(f"{self.path}: not a feedback database at schema {SCHEMA_VERSION} (found "
+                                        f"version {version}); `certa serve --db` creates and migrates one")
+        return conn
 
     # ------------------------------------------------------------------ lifecycle
 

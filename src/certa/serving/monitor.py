@@ -90,9 +90,7 @@ def monitor(db: str | os.PathLike[str] | FeedbackStore, out: str | os.PathLike[s
     """
     width = parse_window(window)
     own = not isinstance(db, FeedbackStore)
-    if own and not Path(db).is_file():
-        raise InputError(f"{db}: no such feedback database")
-    store = FeedbackStore(db) if own else db
+    store = FeedbackStore(db, read_only=True) if own else db  # a report must not change the database it reads
     try:
         methods = store.labelled_methods(model=model)
         if method is None:
