@@ -101,6 +101,11 @@ def test_evaluate_explains_an_interval_that_excludes_its_point_estimate(capsys, 
         (["run", "{empty}"], "empty.yaml: the config is empty"),                 # ran the whole default study
         (["evaluate", "--in", "{outside}"], "outside.jsonl:2: field 'scores.m' = 1.7 is outside [0, 1]"),
         (["serve", "--max-batch", "0"], "--max-batch: Input should be greater than or equal to 1"),  # a traceback
+        # refused before the model loads (the path below does not exist: loading it would be the error)
+        (["train", "grace", "-m", "{tmp}/no-such-model", "-o", "{tmp}/a", "--records", "{tmp}/missing.jsonl"],
+         "missing.jsonl: file not found"),
+        (["train", "grace", "-m", "{tmp}/no-such-model", "-o", "{tmp}/a", "--records", "{empty}"],
+         "empty.yaml: no records"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records, args, message):
@@ -134,10 +139,14 @@ def test_training_options_show_their_defaults_and_take_a_union_fields_words(caps
     assert GraceConfig(**given_values(GraceConfig, {"probe_c": "0.01"})).probe_c == 0.01
 
 
-def test_a_usage_error_is_clicks_message_not_a_traceback(capsys):
+def test_a_usage_error_is_clicks_message_not_a_traceback(capsys, tmp_path):
     code, out, err = run_cli(capsys, "grade", "--in", "x.jsonl", "--no-such-flag")
     assert code == 2
     assert "No such option" in err and "Traceback" not in err + out
+    # out-of-range generation options are refused as usage errors, before any model loads
+    code, out, err = run_cli(capsys, "generate", "-m", str(tmp_path / "no-such-model"), "-o", str(tmp_path / "g.jsonl"),
+                             "--batch-size", "0")
+    assert code == 2 and "Invalid value for '--batch-size'" in err and "no-such-model" not in err
 
 
 def test_methods_lists_every_registered_method(capsys):

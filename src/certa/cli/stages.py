@@ -42,10 +42,10 @@ def generate(
     dataset: DatasetOpt = "arithmetic",
     split: SplitOpt = "test",
     limit: LimitOpt = None,
-    samples: Annotated[int, typer.Option(help="extra sampled answers per question")] = 0,
-    temperature: Annotated[float, typer.Option(help=_help("temperature"))] = DEFAULTS.temperature,
-    max_new_tokens: Annotated[int, typer.Option(help=_help("max_new_tokens"))] = DEFAULTS.max_new_tokens,
-    batch_size: Annotated[int, typer.Option(help=_help("batch_size"))] = DEFAULTS.batch_size,
+    samples: Annotated[int, typer.Option(min=0, help="extra sampled answers per question")] = 0,
+    temperature: Annotated[float, typer.Option(min=0.0, help=_help("temperature"))] = DEFAULTS.temperature,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help=_help("max_new_tokens"))] = DEFAULTS.max_new_tokens,
+    batch_size: Annotated[int, typer.Option(min=1, help=_help("batch_size"))] = DEFAULTS.batch_size,
     hidden_states: Annotated[bool, typer.Option(help="store the last hidden state (probe, GrACE targets)")] = True,
     token_stats: Annotated[bool, typer.Option(help="store per-token Rényi / Fisher-Rao statistics")] = False,
     seed: int = 0,
@@ -121,11 +121,13 @@ def _train_command(method: str) -> None:
         where = f"{options['config']}" if options["config"] else "options"
         train_config = cls.resolve_config(config, where=where)  # type: ignore[attr-defined]
         procs = processes()
-        lm = load_model(options["model"], device=model_device(procs))
         out = Path(options["out"])
-        if options["records"] is not None:
+        records = None
+        if options["records"] is not None:  # read (and checked) before a model of many GB is loaded
             records = load_records(options["records"])
-        else:
+            cls.check_training_records(records)  # type: ignore[attr-defined]
+        lm = load_model(options["model"], device=model_device(procs))
+        if records is None:
             needs_hidden = Needs.HIDDEN_STATES in cls.fit_needs
             records = _training_answers(lm, options["dataset"], out, options["limit"], needs_hidden, procs)
         # Under accelerate launch every process trains on all records; the trainer's DDP splits the batches.
