@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import typing
 
 import numpy as np
@@ -186,6 +187,12 @@ def test_scale_writes_strategies_and_plot(capsys, tmp_path, sampled_records):
     assert result["sc"]["accuracy"] == 0.5 and result["grace_sc"]["accuracy"] == 1.0
     assert result["grace_es"]["mean_samples"] < 4
     assert (out / "scaling.png").stat().st_size > 0 and "grace_es" in stdout
+    # a typo'd confidence name silently dropped GrACE-SC and GrACE-ES; a threshold of 2 was accepted
+    for flag, value, message in (("--confidence", "grase", "--confidence 'grase': .* carries per-sample "
+                                  "confidences of grace"), ("--tau", "2", "--tau is a confidence threshold")):
+        code, _, err = run_cli(capsys, "scale", "--in", str(sampled_records), flag, value, "-o", str(tmp_path / "x"))
+        assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
 
 
 def test_cascade_and_self_correct_run_from_the_cli(capsys, tmp_path, tiny_model_dir, graded_records):

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import InputError
 from ..models import load_model
 from ..records import atomic_write_text, write_jsonl
 from ..scores import read_scores
@@ -65,7 +66,14 @@ def scale(
     confidence: Annotated[str, typer.Option(help="which per-sample confidence to use")] = "grace",
 ) -> None:
     """Test-time scaling: SC, adaptive SC, early-stopping SC, GrACE-SC and GrACE-ES at budget B."""
+    if not 0.0 <= tau <= 1.0:
+        raise InputError(f"--tau is a confidence threshold in [0, 1], got {tau}")
     records = load_records(inp)
+    carried = sorted({name for r in records for name in r.sample_confidence})
+    if carried and confidence not in carried:  # a typo would silently drop the confidence-weighted strategies
+        raise InputError(f"--confidence {confidence!r}: {inp} carries per-sample confidences of {', '.join(carried)}")
+    if not carried:
+        console.print(f"{inp} carries no per-sample confidences: GrACE-SC and GrACE-ES are left out")
     results = run_strategies(records, budget, confidence=confidence, tau=tau)
     curves = scaling_curves(records, budget_ladder(budget), confidence=confidence, tau=tau)
     out.mkdir(parents=True, exist_ok=True)
