@@ -32,7 +32,9 @@ def read_answers(path: str | os.PathLike[str]) -> list[Record]:
                 raise InputError(f"{where}: missing field {name!r}")
             if not isinstance(row[name], (str, int)) or (name != "id" and not str(row[name]).strip()):
                 raise InputError(f"{where}: field {name!r} must be a non-empty string")
-        record = from_dict(Record, {"prompt": "", **row, "id": str(row["id"])}, where=where)
+        # Ungraded answers are fine here (a grade is needed only to evaluate): 0 stands in for none.
+        record = from_dict(Record, {"prompt": "", "correct": 0.0, **row, "id": str(row["id"]),
+                                    "question": str(row["question"]), "response": str(row["response"])}, where=where)
         if record.answer_type == "choice" and not record.choices:
             raise InputError(f"{where}: answer_type 'choice' needs a non-empty 'choices' list")
         records.append(record)
