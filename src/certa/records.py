@@ -199,6 +199,13 @@ def _check_generation(gen: Generation, where: str) -> None:
 def _check_numbers(values: Any, name: str, where: str) -> None:
     if not isinstance(values, list):
         raise InputError(f"{where}: field {name!r} must be a list of numbers, got {json_type(values)}")
+    # Hidden states are hundreds of floats per row and read on every stage: check them in one pass,
+    # and walk them one by one only to name the first bad value.
+    try:
+        if {type(v) for v in values} <= {float, int} and all(map(math.isfinite, values)):
+            return
+    except OverflowError:  # an integer too large for a float: named below
+        pass
     for i, value in enumerate(values):
         if isinstance(value, bool):
             raise InputError(f"{where}: field '{name}[{i}]' must be a number, got {value!r}")
