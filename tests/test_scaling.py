@@ -172,6 +172,15 @@ def test_questions_from_records_extracts_answers_and_confidences():
     assert with_greedy.answers == ["7", "7", "3"] and with_greedy.confidences is None
 
 
+def test_a_misspelt_confidence_name_is_refused_not_skipped():
+    # the library dropped GrACE-SC and GrACE-ES without a word; only the CLI checked the name
+    r = _record("a", "7", 1.0, samples=["7", "3"], sample_correct=[1.0, 0.0], conf=[0.8, 0.1])
+    with pytest.raises(InputError, match="confidence 'grase': the records carry per-sample confidences of grace"):
+        run_strategies([r], 2, confidence="grase")
+    plain = _record("b", "7", 1.0, samples=["7", "3"], sample_correct=[1.0, 0.0])
+    assert set(run_strategies([plain], 2, confidence="grase")) == {"sc", "adaptive_sc", "early_stop_sc"}
+
+
 # ── cascade ──────────────────────────────────────────────────────────────────────────────────
 
 

@@ -85,8 +85,14 @@ def questions_from_records(records: Sequence[Record], confidence: str | None = "
     ``Record.sample_confidence`` (``None``: ignore confidences). When a record
     lacks them, that question's ``confidences`` is ``None`` and only the
     count-based strategies can run. ``include_greedy`` puts the greedy answer
-    first, as sample 0.
+    first, as sample 0. Naming a confidence the records do not carry, when
+    they carry others, is an error: a typo would silently leave out every
+    confidence-weighted strategy.
     """
+    carried = sorted({name for r in records for name in r.sample_confidence})
+    if confidence is not None and carried and confidence not in carried:
+        raise InputError(f"confidence {confidence!r}: the records carry per-sample confidences of "
+                         f"{', '.join(carried)}")
     questions = []
     for r in records:
         texts = list(r.samples)
