@@ -203,6 +203,41 @@ def test_malformed_json_and_wrong_types(scripted):
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+def test_a_body_over_the_cap_is_refused_before_it_is_read_whole():
+    # A multi-megabyte prompt was read, parsed and tokenized on the event loop before the length check.
+    engine = ScriptedEngine()
+    with serving(create_app(engine, max_body_bytes=2048)) as url:
+        big = {"model": "scripted", "messages": [{"role": "user", "content": "word " * 1000}]}
+        declared = httpx.post(f"{url}/v1/chat/completions", json=big, timeout=TIMEOUT)
+        assert declared.status_code == 413
+        assert declared.json()["error"]["code"] == "request_too_large" and "2048 bytes" in declared.json()["error"]["message"]
+        chunks = iter([b'{"model": "scripted", "messages": [{"role": "user", "content": "', b"x" * 1500, b"y" * 1500])
+        chunked = httpx.post(f"{url}/v1/completions", content=chunks, timeout=TIMEOUT,
+                             headers={"content-type": "application/json"})
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+        assert engine.batch_sizes == []
+        small = client(url).chat.completions.create(model="scripted", messages=[{"role": "user", "content": "hi"}])
+        assert small.choices[0].message.content == "hi ok"
+
+
+def test_prompts_are_rendered_and_counted_off_the_event_loop():
+    threads: list[str] = []
+
+    class Recording(ScriptedEngine):
+        def render_chat(self, messages):
+            threads.append(threading.current_thread().name)
+            return super().render_chat(messages)
+
+        def count_tokens(self, text):
+            threads.append(threading.current_thread().name)
+            return super().count_tokens(text)
+
+    with serving(create_app(Recording())) as url:
+        client(url).chat.completions.create(model="scripted", messages=[{"role": "user", "content": "hi"}])
+        client(url).completions.create(model="scripted", prompt="one two")
+    assert len(threads) == 3 and all(name.startswith("certa-prompt") for name in threads)
+
+
 @pytest.mark.parametrize(("route", "field", "value"), [
     ("chat", "temperature", False), ("chat", "top_p", True), ("chat", "n", True), ("chat", "max_tokens", "5"),
     ("chat", "top_logprobs", True), ("chat", "logprobs", "yes"), ("chat", "stream", "false"),

@@ -33,6 +33,8 @@ def serve(
     max_batch: Annotated[int, typer.Option(help=_help("max_batch"))] = _DEFAULTS.max_batch,
     batch_wait_ms: Annotated[float, typer.Option(help=_help("batch_wait_ms"))] = _DEFAULTS.batch_wait_ms,
     max_queue: Annotated[int, typer.Option(help=_help("max_queue"))] = _DEFAULTS.max_queue,
+    max_prompt_tokens: Annotated[int, typer.Option(help=_help("max_prompt_tokens"))] = _DEFAULTS.max_prompt_tokens,
+    max_body_bytes: Annotated[int, typer.Option(help=_help("max_body_bytes"))] = _DEFAULTS.max_body_bytes,
     abstain_target_error: Annotated[float | None, typer.Option(help="withhold answers below the threshold certified to keep the error of given answers at most this (fitted on --calibration, or the artifact's stored one)")] = None,
     calibration: Annotated[Path | None, typer.Option(help="scores JSONL (certa score) or graded records with the served method's confidences, to fit the abstention threshold")] = None,
     calibration_column: Annotated[str | None, typer.Option(help="the column of a --calibration scores file (default: the served method)")] = None,
@@ -51,7 +53,8 @@ def serve(
         raise InputError(f"--scheduler must be 'continuous' or 'micro', got {scheduler!r}")
     try:
         settings = ServerSettings(scheduler=scheduler, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                                  max_queue=max_queue)
+                                  max_queue=max_queue, max_prompt_tokens=max_prompt_tokens,
+                                  max_body_bytes=max_body_bytes)
     except ValidationError as exc:
         err = exc.errors()[0]
         option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"

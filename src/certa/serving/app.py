@@ -14,9 +14,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import CertaError, InputError
 from .abstention import Abstention
 from .batcher import MicroBatcher, QueueFullError, Scheduler, ShuttingDownError
+from .body_limit import BodySizeLimit
 from .engine import Engine, EngineRequest, EngineResult
 from .feedback import DuplicateLabelError, FeedbackError, InvalidLabelError, UnknownAnswerError
 from .loop import FeedbackLoop, ServedChoice
@@ -53,6 +55,7 @@ from .schemas import (
 from .settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class APIError(Exception):
@@ -106,10 +109,14 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.scheduler = _scheduler(engine, limits)
         app.state.scheduler.start()
+        # One thread renders and counts prompts: a long one must not stall the event loop, and the
+        # engine's counting tokenizer must not be used from two threads at once.
+        app.state.prompt_thread = ThreadPoolExecutor(1, thread_name_prefix="certa-prompt")
         await loop.run(loop.start)
         yield
         # Uvicorn has already let in-flight requests finish; drain whatever is still queued.
         await app.state.scheduler.stop()
+        app.state.prompt_thread.shutdown(wait=False, cancel_futures=True)
         loop.close()
 
     app = FastAPI(title="certa", summary="OpenAI-compatible completions with calibrated confidence",
@@ -118,6 +125,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     app.state.abstention, app.state.feedback = abstention, loop
     fingerprint = getattr(engine, "fingerprint", None)
     _install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     auth = [Depends(_bearer_check(api_key))]
 
     @app.get("/health", response_model=None)
@@ -142,7 +150,7 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     @app.post("/v1/chat/completions", dependencies=auth, response_model=None,
               responses={**_streamed(ChatCompletion), **_COMPLETION_ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        prompt = engine.render_chat([(m.role, m.text()) for m in body.messages])
+        prompt = await _in_prompt_thread(request, engine.render_chat, [(m.role, m.text()) for m in body.messages])
         users = [m.text() for m in body.messages if m.role == "user"]
         question = users[-1] if users else ""
         result = await _run(request, body, prompt, body.requested_max_tokens, question)
@@ -222,7 +230,7 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
     if max_tokens is not None and max_tokens > limits.max_new_tokens_limit:
         raise APIError(400, f"max_tokens is {max_tokens}; at most {limits.max_new_tokens_limit}",
                        param="max_tokens", code="max_tokens_too_large")
-    prompt_tokens = engine.count_tokens(prompt)
+    prompt_tokens = await _in_prompt_thread(request, engine.count_tokens, prompt)
     if prompt_tokens > limits.max_prompt_tokens:
         raise APIError(400, f"the prompt has {prompt_tokens} tokens; at most {limits.max_prompt_tokens}",
                        param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
@@ -242,6 +250,11 @@ async def _run(request: Request, body: ChatCompletionRequest | CompletionRequest
         raise APIError(400, str(exc)) from None
     except CertaError as exc:  # the server's own failure (a method's NaN, a missing package), not the request's
         raise APIError(500, str(exc), type="server_error") from None
+
+
+async def _in_prompt_thread(request: Request, work: Callable[..., T], *args: Any) -> T:
+    """``work(*args)`` on the server's prompt thread (rendering and counting a prompt)."""
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.prompt_thread, work, *args)
 
 
 DISCONNECT_POLL_S = 0.25

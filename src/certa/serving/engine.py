@@ -103,7 +103,7 @@ class Engine(Protocol):
         """(role, text) pairs → the prompt text the model continues."""
 
     def count_tokens(self, text: str) -> int:
-        """Prompt length in tokens (called from the event loop while a batch may be running)."""
+        """Prompt length in tokens (called from the server's prompt thread while a batch may be running)."""
 
     def complete(self, requests: Sequence[EngineRequest]) -> list[EngineResult]:
         """Answer every request of a batch, in order."""
@@ -210,7 +210,7 @@ class ConfidenceEngine:
                              "pick a method that does not need samples")
         # A method that reads its confidence while decoding (GrACE) hands generation its hooks.
         self._hooks = self.method.generation_hooks()
-        # The event loop counts prompt tokens while the worker thread generates; a fast tokenizer
+        # The prompt thread counts prompt tokens while the worker thread generates; a fast tokenizer
         # must not be used from two threads at once, so counting gets its own copy.
         self._counter = copy.deepcopy(lm.tokenizer)
         self._special_ids = set(lm.tokenizer.all_special_ids) | set(end_token_ids(lm))

@@ -114,16 +114,14 @@ def monitor(db: str | os.PathLike[str] | FeedbackStore, out: str | os.PathLike[s
              "served_from": _stamp(float(pairs.created.min())), "served_until": _stamp(float(pairs.created.max()))}
     overall = evaluate(pairs.correct, _scores(method, pairs), n_bins=n_bins, n_bootstrap=n_bootstrap, seed=seed,
                        extra=extra)
-    overall.save(out)
-    overall.to_html(out / "report.html", title=f"certa monitor — {method}, all traffic")
+    overall.save(out, report_title=f"certa monitor — {method}, all traffic")
     windows = []
     for w in cuts:
         folder = out / "windows" / _stamp(w.start).replace(":", "-")
         folder.mkdir(parents=True, exist_ok=True)
         result = evaluate(w.pairs.correct, _scores(method, w.pairs), n_bins=n_bins, n_bootstrap=n_bootstrap,
                           seed=seed, extra={**extra, "window_start": _stamp(w.start), "window_end": _stamp(w.end)})
-        result.save(folder)
-        result.to_html(folder / "report.html", title=f"certa monitor — {method}, {_stamp(w.start)} to {_stamp(w.end)}")
+        result.save(folder, report_title=f"certa monitor — {method}, {_stamp(w.start)} to {_stamp(w.end)}")
         windows.append(WindowReport(w.start, w.end, result, folder))
     summary = [{"start": _stamp(w.start), "end": _stamp(w.end), "n": w.result.n,
                 "accuracy": w.result.accuracy.to_dict(),
