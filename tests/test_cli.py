@@ -107,6 +107,18 @@ def test_evaluate_explains_an_interval_that_excludes_its_point_estimate(capsys, 
          "missing.jsonl: file not found"),
         (["train", "grace", "-m", "{tmp}/no-such-model", "-o", "{tmp}/a", "--records", "{empty}"],
          "empty.yaml: no records"),
+        # an unwritable --out is refused before any model is loaded or asked (they failed after the work)
+        (["cascade", "--in", "{records}", "--scores", "{outside}", "--strong", "{tmp}/no-such-model", "-o", "{records}"],
+         "records.jsonl: exists and is not a directory"),
+        (["self-correct", "--in", "{records}", "--scores", "{outside}", "-m", "{tmp}/no-such-model", "-o", "{records}"],
+         "records.jsonl: exists and is not a directory"),
+        (["scale", "--in", "{records}", "-o", "{records}"], "records.jsonl: exists and is not a directory"),
+        (["generate", "-m", "{tmp}/no-such-model", "-o", "{tmp}"], "is a directory; name a file to write"),
+        (["evaluate", "--in", "{outside}", "-o", "{records}"], "records.jsonl: exists and is not a directory"),
+        (["report", "--in", "{outside}", "-o", "{tmp}"], "is a directory; name a file to write"),
+        (["demo", "-o", "{records}/demo"], "records.jsonl is a file, not a directory"),
+        (["score", "--in", "{records}", "--method", ","], "--method ',': name at least one method"),  # wrote no scores
+        (["score", "--in", "{records}", "--dataset", "arithmetic"], "drop --dataset arithmetic"),  # was ignored
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(capsys, tmp_path, graded_records, args, message):
@@ -188,7 +200,7 @@ def test_scale_writes_strategies_and_plot(capsys, tmp_path, sampled_records):
     assert result["grace_es"]["mean_samples"] < 4
     assert (out / "scaling.png").stat().st_size > 0 and "grace_es" in stdout
     # a typo'd confidence name silently dropped GrACE-SC and GrACE-ES; a threshold of 2 was accepted
-    for flag, value, message in (("--confidence", "grase", "--confidence 'grase': .* carries per-sample "
+    for flag, value, message in (("--confidence", "grase", "confidence .grase.: the records carry per-sample "
                                   "confidences of grace"), ("--tau", "2", "--tau is a confidence threshold")):
         code, _, err = run_cli(capsys, "scale", "--in", str(sampled_records), flag, value, "-o", str(tmp_path / "x"))
         assert code == 2 and re.search(message, err) and len(err.strip().splitlines()) == 1

@@ -108,6 +108,22 @@ def test_table_lists_methods_best_brier_first(result):
     assert "n=120" in text
 
 
+def test_save_with_a_report_writes_the_report_first(result, tmp_path, monkeypatch):
+    import certa.evaluation.result as result_module
+
+    path = result.save(tmp_path / "run", report_title="toy")
+    assert (tmp_path / "run" / "report.html").read_text().count("toy") >= 1 and path.exists()
+
+    def failing_report(*args, **kwargs):
+        raise OSError("disk full")
+
+    # metrics.json marks a finished evaluation; it was written before a report that then failed
+    monkeypatch.setattr(result_module, "write_report", failing_report)
+    with pytest.raises(OSError, match="disk full"):
+        result.save(tmp_path / "again", report_title="toy")
+    assert not (tmp_path / "again" / "metrics.json").exists()
+
+
 def test_to_html_embeds_one_figure_per_method_plus_the_overview(result, tmp_path):
     path = result.to_html(tmp_path / "report.html", title="toy <run>")
     page = path.read_text()

@@ -101,6 +101,14 @@ def test_write_is_atomic_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
+def test_writing_over_a_directory_names_it_not_a_temp_file(tmp_path):
+    # the rename failed with "[Errno 21] Is a directory: '.out.jsonl.x1y2.tmp' -> ..."
+    (tmp_path / "out.jsonl").mkdir()
+    with pytest.raises(InputError, match=r"out\.jsonl is a directory; cannot write a file there"):
+        write_jsonl(tmp_path / "out.jsonl", [_example(0)])
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
 def test_appender_resumes_after_interruption(tmp_path):
     path = tmp_path / "g.jsonl"
     with pytest.raises(KeyboardInterrupt), JsonlAppender(path) as app:

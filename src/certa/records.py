@@ -268,6 +268,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 def _atomic_write(path: str | os.PathLike[str], write: Callable[[Any], Any]) -> Path:
     p = Path(path)
+    if p.is_dir():  # caught here, or the rename's error would name the temp file
+        raise InputError(f"{p} is a directory; cannot write a file there")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from ..errors import InputError
 from ..versions import certa_version
 
 app = typer.Typer(
@@ -58,6 +60,28 @@ def _main(
         os.environ["CERTA_TRUST_REMOTE_CODE"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def check_output(path: Path, *, directory: bool, option: str = "--out") -> Path:
+    """Refuse an output path that cannot be written, before any work starts.
+
+    Without it a command could query models for minutes and only then fail on
+    ``OUT`` (a file where a directory belongs, a read-only folder). ``directory``:
+    ``path`` is a folder the command fills, else a file it writes.
+    """
+    if path.exists():
+        if directory and not path.is_dir():
+            raise InputError(f"{option} {path}: exists and is not a directory")
+        if not directory and path.is_dir():
+            raise InputError(f"{option} {path}: is a directory; name a file to write")
+    folder = path if directory and path.is_dir() else path.parent
+    while not folder.exists():  # the nearest folder that exists is the one the command must create in
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: {folder} is a file, not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: {folder} is not writable")
+    return path
 
 
 def print_rows(title: str, rows: dict, columns: tuple[str, ...]) -> None:

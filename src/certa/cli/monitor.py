@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..serving.monitor import monitor as run_monitor
-from .app import app, console
+from .app import app, check_output, console
 from .study import print_summary
 
 
@@ -23,6 +23,7 @@ def monitor(
     n_bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
 ) -> None:
     """Evaluate served answers against the labels sent to /v1/feedback, overall and per time window."""
+    check_output(out, directory=True)
     found = run_monitor(db, out, window=window, method=method, model=model, n_bins=n_bins, n_bootstrap=n_bootstrap)
     print_summary(found.overall)
     for w in found.windows:

@@ -23,7 +23,7 @@ from ..records import Generation, Record, read_jsonl, write_jsonl
 from ..scores import read_scores
 from ..study.config import load_yaml_mapping
 from ..study.stages import load_records, training_answers
-from .app import DatasetOpt, LimitOpt, ModelOpt, SplitOpt, app, console
+from .app import DatasetOpt, LimitOpt, ModelOpt, SplitOpt, app, check_output, console
 from .fields import field_options, given_values
 from .study import print_summary
 
@@ -59,6 +59,7 @@ def generate(
     -m openai:BASE_URL[#model] asks any OpenAI-compatible server (API key from OPENAI_API_KEY);
     `accelerate launch --num_processes N -m certa.cli generate ...` splits the questions across N processes.
     """
+    check_output(out, directory=False)
     examples = load_dataset(dataset, split=split, limit=limit, seed=seed)
     procs = processes()
     if is_remote_spec(model):
@@ -97,6 +98,7 @@ def grade(
     dataset: DatasetOpt = "arithmetic",
 ) -> None:
     """Grade generations against the dataset's answers (joined by id)."""
+    check_output(out, directory=False)
     records = grade_answers(read_jsonl(inp, Generation), load_dataset(dataset, split="all"))
     if not records:
         raise InputError(f"{inp}: no generations to grade")
@@ -121,7 +123,7 @@ def _train_command(method: str) -> None:
         where = f"{options['config']}" if options["config"] else "options"
         train_config = cls.resolve_config(config, where=where)  # type: ignore[attr-defined]
         procs = processes()
-        out = Path(options["out"])
+        out = check_output(Path(options["out"]), directory=True)
         records = None
         if options["records"] is not None:  # read (and checked) before a model of many GB is loaded
             records = load_records(options["records"])
@@ -186,6 +188,9 @@ def score(
 ) -> None:
     """Score answers with confidence methods — including answers written by another (black-box) model."""
     methods = [m.strip() for m in method.split(",") if m.strip()]
+    if not methods:
+        raise InputError(f"--method {method!r}: name at least one method (see `certa methods`)")
+    check_output(out, directory=False)
     specs = [MethodSpec.parse(m) for m in methods]
     records = read_graded(inp, dataset)
     fit_records = load_records(fit) if fit else ()
@@ -229,9 +234,9 @@ def evaluate(
     n_bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
 ) -> None:
     """Compute calibration metrics with bootstrap CIs; write metrics.json and report.html."""
+    check_output(out, directory=True)
     result = _evaluate_scores(inp, n_bins=n_bins, n_bootstrap=n_bootstrap)
-    result.save(out)
-    result.to_html(out / "report.html", title=f"certa — {inp.name}")
+    result.save(out, report_title=f"certa — {inp.name}")
     print_summary(result)
     console.print(f"metrics: {out / 'metrics.json'}\nreport:  {out / 'report.html'}")
 
@@ -243,6 +248,7 @@ def report(
     n_bins: Annotated[int, typer.Option(help="bins of the reliability diagrams")] = 10,
 ) -> None:
     """Write a self-contained HTML report (reliability diagrams, risk–coverage curves)."""
+    check_output(out, directory=False)
     _evaluate_scores(inp, n_bins=n_bins).to_html(out, title=f"certa — {inp.name}")
     console.print(f"report: {out}")
 

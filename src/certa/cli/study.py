@@ -10,7 +10,7 @@ import typer
 from ..evaluation import HEADLINE_METRICS, metric_spec, metric_table, to_rich
 from ..study import RunConfig, StudyResult, run_study, tune_study
 from ..study.demo import demo_config
-from .app import ModelOpt, app, console
+from .app import ModelOpt, app, check_output, console
 
 
 @app.command()
@@ -20,6 +20,7 @@ def demo(
     model: ModelOpt = "default",
 ) -> None:
     """Run the whole study on the bundled default model and data, print the table, write the report."""
+    check_output(out, directory=True)
     config = demo_config(out=out, quick=quick, model=model)
     console.print(f"[bold]certa demo[/] on {config.model}: {', '.join(d.name for d in config.datasets)} → {out}")
     print_study(run_study(config))

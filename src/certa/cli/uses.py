@@ -18,7 +18,7 @@ from ..uses.cascade import plot_cascade
 from ..uses.selective import apply_threshold, select_threshold
 from ..uses.self_correct import self_correct
 from ..uses.voting import budget_ladder, plot_scaling, run_strategies, scaling_curves
-from .app import ModelOpt, app, console, print_rows
+from .app import ModelOpt, app, check_output, console, print_rows
 
 
 @app.command()
@@ -37,6 +37,8 @@ def abstain(
     1 - delta over the calibration draw, answers with confidence >= t are wrong at most target-error
     of the time. A target no threshold can meet is an error naming the lowest one this data certifies.
     """
+    if out is not None:
+        check_output(out, directory=False)
     calibration = read_scores(inp)
     threshold = select_threshold(calibration.column(method, where=str(inp)), calibration.correct,
                                  target_error, delta, bound)  # type: ignore[arg-type]
@@ -68,11 +70,9 @@ def scale(
     """Test-time scaling: SC, adaptive SC, early-stopping SC, GrACE-SC and GrACE-ES at budget B."""
     if not 0.0 <= tau <= 1.0:
         raise InputError(f"--tau is a confidence threshold in [0, 1], got {tau}")
+    check_output(out, directory=True)
     records = load_records(inp)
-    carried = sorted({name for r in records for name in r.sample_confidence})
-    if carried and confidence not in carried:  # a typo would silently drop the confidence-weighted strategies
-        raise InputError(f"--confidence {confidence!r}: {inp} carries per-sample confidences of {', '.join(carried)}")
-    if not carried:
+    if not any(r.sample_confidence for r in records):
         console.print(f"{inp} carries no per-sample confidences: GrACE-SC and GrACE-ES are left out")
     results = run_strategies(records, budget, confidence=confidence, tau=tau)
     curves = scaling_curves(records, budget_ladder(budget), confidence=confidence, tau=tau)
@@ -95,6 +95,7 @@ def self_correct_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for results")] = Path("self_correct"),
 ) -> None:
     """Re-ask the questions answered with low confidence; report accuracy before and after."""
+    check_output(out, directory=True)
     records = load_records(inp)
     confidences = read_scores(scores).column(method, [r.id for r in records], where=str(scores))
     result = self_correct(load_model(model), records, confidences, threshold=threshold,
@@ -116,6 +117,7 @@ def cascade(
     out: Annotated[Path, typer.Option("--out", "-o", help="directory for cascade.json and cascade.png")] = Path("cascade"),
 ) -> None:
     """Send the k least-confident questions to a stronger model; accuracy versus k."""
+    check_output(out, directory=True)
     records = load_records(inp)
     confidences = read_scores(scores).column(method, [r.id for r in records], where=str(scores))
     strong_model = strong if strong.startswith(("http://", "https://")) else load_model(strong)

@@ -79,12 +79,18 @@ class EvaluationResult:
             out["extra"] = self.extra_per_method[name]
         return out
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``directory/metrics.json`` atomically and return its path."""
+    def save(self, directory: str | os.PathLike[str], *, report_title: str | None = None) -> Path:
+        """Write ``directory/metrics.json`` atomically and return its path.
+
+        With ``report_title``, ``directory/report.html`` is written too, before
+        the metrics: a ``metrics.json`` always comes with its report.
+        """
         try:
             text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
         except (TypeError, ValueError) as exc:  # a caller's `extra` holds something JSON cannot write
             raise InputError(f"cannot write metrics.json: {exc}") from None
+        if report_title is not None:
+            self.to_html(Path(directory) / "report.html", title=report_title)
         return atomic_write_text(Path(directory) / "metrics.json", text)
 
     def to_html(self, path: str | os.PathLike[str], title: str = "certa calibration report") -> Path:

@@ -133,8 +133,7 @@ def run_study(config: RunConfig) -> StudyResult:
         pooled_records, {m: np.concatenate([scored[name][m].scores for name in data]) for m in config.methods},
         n_bins=config.evaluation.n_bins, n_bootstrap=config.evaluation.n_bootstrap, seed=config.seed, extra=extra,
     )
-    evaluation.save(out)
-    evaluation.to_html(out / "report.html", title=f"certa — {config.model} on {', '.join(per_dataset)}")
+    evaluation.save(out, report_title=f"certa — {config.model} on {', '.join(per_dataset)}")
     result = StudyResult(out, evaluation, per_dataset, costs, artifacts, cross, scaling, tuning, seeds, curve)
     if config.publish:
         result.markdown = write_results(config, result)
