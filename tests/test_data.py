@@ -34,10 +34,37 @@ def row(i, **extra):
 # --- registry and bundled files --------------------------------------------------------------
 
 def test_dataset_names_cover_bundled_and_generated():
-    assert set(dataset_names()) == {"arithmetic", "arithmetic-easy", "capitals", "capitals-phrased", *BUNDLED}
+    assert set(dataset_names()) == {"arithmetic", "arithmetic-easy", "capitals", "capitals-phrased", "continents",
+                                    *BUNDLED}
 
 
-@pytest.mark.parametrize("name", ["capitals-phrased", "arithmetic-easy"])
+def test_continents_cover_every_country_and_credit_only_continents():
+    from certa.data.capitals import COUNTRIES
+    from certa.data.continents import CONTINENT_OF, continent_answers
+
+    assert set(CONTINENT_OF) == {names[0] for names, _ in COUNTRIES}
+    examples = load_dataset("continents", split="all")
+    by_country = {}
+    for ex in examples:
+        by_country.setdefault(ex.meta["subject"], []).append(ex)
+    # names that give the continent away are left out; every other country is asked six ways
+    assert {"South Africa", "Australia", "the Central African Republic"}.isdisjoint(by_country)
+    assert all(len(v) == 6 for v in by_country.values()) and len(by_country) == len(COUNTRIES) - 3
+    assert continent_answers("France") == ["Europe", "European"]
+    assert set(continent_answers("Russia")) == {"Europe", "Asia", "European", "Asian", "Eurasia"}
+    assert "Central America" in continent_answers("Honduras") and "Central America" not in continent_answers("Cuba")
+    kenya = next(ex for ex in by_country["Kenya"] if ex.meta["phrasing"] == 0)
+    assert kenya.question == "Which continent is Kenya in?"
+    assert by_country["the Bahamas"][3].question == "The Bahamas lies on which continent?"
+    grade = get_grader("short")
+    graded = [grade(reply, kenya) for reply in
+              ("Kenya is in East Africa.", "It is on the African continent.", "Kenya is in Asia.", "America")]
+    assert graded == [1.0, 1.0, 0.0, 0.0]
+    peru = next(ex for ex in by_country["Peru"])
+    assert grade("Peru is in North America.", peru) == 0.0 and grade("South America", peru) == 1.0
+
+
+@pytest.mark.parametrize("name", ["capitals-phrased", "arithmetic-easy", "continents"])
 def test_phrasings_of_one_fact_share_a_split_and_test_has_300_answers(name):
     from certa.data.loaders import split_key
 

@@ -206,7 +206,8 @@ COUNTRIES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 SOURCE = "certa:capitals"
 
 
-def _slug(name: str) -> str:
+def country_slug(name: str) -> str:
+    """``the Czech Republic`` → ``czech-republic``: the part of an id that names a country."""
     return normalize_text(name).replace(" ", "-")
 
 
@@ -219,7 +220,8 @@ def _ambiguous(row: int, table: list[list[str]]) -> bool:
                for j, names in enumerate(table) if j != row for other in names)
 
 
-def _answered_in_question(question: str, aliases: tuple[str, ...]) -> bool:
+def answered_in_question(question: str, aliases: tuple[str, ...]) -> bool:
+    """True when ``question`` names every one of ``aliases`` (whole words): it gives its answer away."""
     return all(contains_phrase(question, alias) for alias in aliases)
 
 
@@ -243,7 +245,7 @@ def phrased_capitals_examples() -> list[Example]:
         group = example.id.rsplit("-", 1)[0]
         for k, phrasing in enumerate(phrasings):
             question = phrasing.format(subject)
-            if _answered_in_question(question, tuple(example.answers)):
+            if answered_in_question(question, tuple(example.answers)):
                 continue
             examples.append(Example(
                 id=f"{example.id}-p{k}", question=question, answers=list(example.answers), answer_type="short",
@@ -258,14 +260,14 @@ def capitals_examples() -> list[Example]:
     country_table = [[normalize_text(c) for c in countries] for countries, _ in COUNTRIES]
     for i, (countries, capitals) in enumerate(COUNTRIES):
         country, capital = countries[0], capitals[0]
-        slug = _slug(country.removeprefix("the "))
+        slug = country_slug(country.removeprefix("the "))
         forward = f"What is the capital of {country}?"
-        if not _answered_in_question(forward, capitals) and not _ambiguous(i, capital_table):
+        if not answered_in_question(forward, capitals) and not _ambiguous(i, capital_table):
             examples.append(Example(
                 id=f"capitals-{slug}-capital", question=forward, answers=list(capitals),
                 answer_type="short", source=SOURCE, meta={"relation": "capital_of", "subject": country}))
         reverse = f"Which country has {capital} as its capital?"
-        if not _answered_in_question(reverse, countries) and not _ambiguous(i, country_table):
+        if not answered_in_question(reverse, countries) and not _ambiguous(i, country_table):
             examples.append(Example(
                 id=f"capitals-{slug}-country", question=reverse, answers=list(countries),
                 answer_type="short", source=SOURCE, meta={"relation": "country_of", "subject": capital}))
