@@ -316,6 +316,34 @@ def test_calibrating_a_fitted_method_cross_fits_the_base():
     assert _auroc(method, _hidden_records(150, seed=4)) > 0.85
 
 
+def _few_correct(correct_ids: set[int], n: int = 10) -> list[Record]:
+    states = np.random.default_rng(5).normal(size=(n, 3))
+    return [record(f"f{i}", hidden_state=states[i].tolist(), correct=float(i in correct_ids)) for i in range(n)]
+
+
+@pytest.mark.parametrize("name", ["linear_probe+platt", "linear_probe+isotonic"])
+def test_cross_fitting_is_stratified_so_every_fold_sees_both_classes(name):
+    # 2 correct of 10, placed where plain shuffled 5-fold KFold held both out together (records 2 and 8):
+    # that fold's base saw only incorrect records. Stratified 2-fold cross-fitting trains on one of each.
+    method = get_method(name).fit(_few_correct({2, 8}))
+    assert method.fitted and method.base.fitted
+    # Four records, 2 correct: fewer than the 5 folds asked for, so 2 folds are used.
+    get_method(name).fit(_few_correct({0, 1}, n=4))
+
+
+@pytest.mark.parametrize("name", ["linear_probe+platt", "linear_probe+isotonic"])
+def test_cross_fitting_with_a_single_correct_record_says_so(name):
+    with pytest.raises(CertaError, match="needs at least 2 correct records, got 1 of 10"):
+        get_method(name).fit(_few_correct({0}))
+    with pytest.raises(CertaError, match="needs at least 2 incorrect records, got 1 of 10"):
+        get_method(name).fit(_few_correct(set(range(1, 10))))
+    # A base fitted beforehand is not cross-fitted: the caller decided how to use the records.
+    from certa.methods.calibration import Platt
+
+    probe = get_method("linear_probe").fit(_few_correct({0, 1}))
+    assert Platt(base=probe).fit(_few_correct({0})).fitted
+
+
 # --- the catalogue ---------------------------------------------------------------------------
 
 

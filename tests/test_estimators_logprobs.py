@@ -164,6 +164,23 @@ def test_missing_token_stats_name_the_generation_option():
         get_method("renyi_divergence")([record("q3", meta={"token_stats": {"renyi_divergence": [0.1]}})])
 
 
+def test_a_record_whose_meta_is_null_gets_the_one_line_errors():
+    from certa.records import from_dict
+
+    # `"meta": null` in a JSON file: the methods must not call .get on None.
+    row = {"id": "n0", "prompt": "", "response": "Paris", "token_logprobs": [-0.1], "token_entropies": [0.2],
+           "meta": None, "correct": 1.0}
+    r = from_dict(Record, row, "x.jsonl:1")
+    assert r.meta is None
+    assert get_method("token_entropy", vocab_size=10)([r])[0] == pytest.approx(1 - 0.2 / math.log(10))
+    with pytest.raises(CertaError, match="vocabulary size"):
+        get_method("token_entropy")([r])
+    with pytest.raises(CertaError, match=r"'n0'.*token_stats.*renyi_divergence"):
+        get_method("renyi_divergence", vocab_size=10)([r])
+    with pytest.raises(CertaError, match=r"'n0'.*token_stats.*fisher_rao"):
+        get_method("fisher_rao")([r])
+
+
 # --- pointwise mutual information ------------------------------------------------------------
 
 

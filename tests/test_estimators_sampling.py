@@ -16,11 +16,13 @@ from certa.methods.sampling.clusters import (
     semantic_clusters,
 )
 from certa.methods.sampling.graph import (
+    complete_graph_kernel_language_entropy,
     degree_confidence,
     degree_uncertainty,
     eccentricity_distance,
     eccentricity_uncertainty,
     eigenvalue_uncertainty,
+    kernel_language_confidence,
     kernel_language_entropy,
     normalized_laplacian,
 )
@@ -206,6 +208,43 @@ def test_kernel_language_entropy_by_hand():
     assert kernel_language_entropy(np.array([[1, w], [w, 1]]), t) == pytest.approx(float(-np.sum(eig2 * np.log(eig2))))
 
 
+def test_kernel_language_confidence_by_hand():
+    t = 0.3
+    h = lambda ps: -sum(p * math.log(p) for p in ps)  # noqa: E731
+    # J_2: L has eigenvalues 0, 2, so rho has eigenvalues 1/(1+e), e/(1+e) with e = exp(-2t): (1 +- tanh t)/2.
+    kle_j2 = h([(1 + math.tanh(t)) / 2, (1 - math.tanh(t)) / 2])
+    assert kle_j2 == pytest.approx(0.650094166750)
+    # J_3: L has eigenvalues 0, 3, 3; e = exp(-3t), Z = 1 + 2e; rho has eigenvalues 1/Z, e/Z, e/Z.
+    e3 = math.exp(-3 * t)
+    kle_j3 = h([1 / (1 + 2 * e3), e3 / (1 + 2 * e3), e3 / (1 + 2 * e3)])
+    assert kle_j3 == pytest.approx(0.998683135338)
+    assert complete_graph_kernel_language_entropy(2, t) == pytest.approx(kle_j2)
+    assert complete_graph_kernel_language_entropy(3, t) == pytest.approx(kle_j3)
+    for m in (2, 3, 6, 11):
+        assert complete_graph_kernel_language_entropy(m, t) == pytest.approx(kernel_language_entropy(np.ones((m, m)), t))
+        assert kernel_language_confidence(np.ones((m, m)), t) == pytest.approx(1.0)   # all answers identical
+        assert kernel_language_confidence(np.eye(m), t) == pytest.approx(0.0, abs=1e-12)   # all unrelated
+    # Two answers with weight 0.4: KLE = H((1 +- tanh(0.4 t))/2), over the range [KLE(J_2), log 2].
+    kle_w = h([(1 + math.tanh(0.4 * t)) / 2, (1 - math.tanh(0.4 * t)) / 2])
+    expected = (math.log(2) - kle_w) / (math.log(2) - kle_j2)
+    assert expected == pytest.approx(0.166039241510)
+    assert kernel_language_confidence(np.array([[1, 0.4], [0.4, 1]]), t) == pytest.approx(expected)
+    # BLOCKS: eigenvalues (1 +- tanh t)/3 and 1/3, over [KLE(J_3), log 3].
+    kle_blocks = h([(1 + math.tanh(t)) / 3, (1 - math.tanh(t)) / 3, 1 / 3])
+    expected = (math.log(3) - kle_blocks) / (math.log(3) - kle_j3)
+    assert expected == pytest.approx(0.287223580406)
+    assert kernel_language_confidence(BLOCKS, t) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("m", [2, 6])
+def test_kernel_language_entropy_method_spans_zero_to_one(m):
+    same = record("s", "Paris", ["Paris"] * (m - 1))
+    different = record("d", "Paris", [f"city{i}" for i in range(m - 1)])
+    scores = get_method("kernel_language_entropy", similarity="exact")([same, different])
+    assert scores[0] == pytest.approx(1.0)   # was 0.062 (m = 2) and 0.209 (m = 6) as 1 - KLE / log m
+    assert scores[1] == pytest.approx(0.0, abs=1e-12)
+
+
 # --- the registered methods ----------------------------------------------------------------
 
 
@@ -224,8 +263,8 @@ def test_methods_map_the_hand_values_to_confidences():
     assert get_method("degree", similarity="exact", target="answer")([r])[0] == pytest.approx(2 / 3)
     # greedy row distance 1/sqrt6 over its maximum sqrt(2/3): 1 - 1/2.
     assert get_method("eccentricity", similarity="exact", target="answer")([r])[0] == pytest.approx(0.5)
-    kle = kernel_language_entropy(BLOCKS, 0.3)
-    assert get_method("kernel_language_entropy", similarity="exact")([r])[0] == pytest.approx(1 - kle / math.log(3))
+    # KLE(BLOCKS) over the reachable range [KLE(J_3), log 3] (see test_kernel_language_confidence_by_hand).
+    assert get_method("kernel_language_entropy", similarity="exact")([r])[0] == pytest.approx(0.287223580406)
 
 
 def test_lexical_similarity_is_the_mean_pairwise_rouge_l():
@@ -244,8 +283,7 @@ def test_more_disagreement_gives_lower_confidence(name):
     none = record("c", "Paris", ["Lyon", "Nice", "Rome"])
     scores = method([agree, some, none])
     assert scores[0] > scores[1] > scores[2], scores
-    if name != "kernel_language_entropy":  # the heat kernel of identical answers is not rank one
-        assert scores[0] == pytest.approx(1.0)
+    assert scores[0] == pytest.approx(1.0)
     if name not in ("lexical_similarity", "degree"):  # degree keeps the self-similarity: 1/m
         assert scores[2] == pytest.approx(0.0, abs=1e-9)
 
@@ -265,6 +303,36 @@ def test_an_nli_function_drives_the_clusters():
     assert scores[0] == pytest.approx(1 + np.sum(labels_shares * np.log(labels_shares)) / math.log(4))
     get_method("semantic_sets", similarity=_entails(calls))([r])  # a new function object: scored again
     assert len(calls) == 2
+
+
+def test_unhashable_scorers_are_never_served_another_scorers_matrix():
+    import dataclasses
+    import gc
+
+    @dataclasses.dataclass  # eq=True without frozen: unhashable, like many user-written scorers
+    class Constant:
+        value: float
+
+        def __call__(self, pairs):
+            return [self.value] * len(pairs)
+
+    stale = 0
+    for i in range(20):
+        scorer = Constant(i / 20)  # often allocated at the id of the one freed in the previous round
+        stale += similarity_matrices([["a", "b"]], scorer)[0][0, 1] != pytest.approx(i / 20)
+        del scorer
+        gc.collect()
+    assert stale == 0
+
+    calls: list[int] = []
+
+    def counting(pairs):  # a hashable function is still cached
+        calls.append(len(pairs))
+        return [0.5] * len(pairs)
+
+    similarity_matrices([["a", "b"]], counting)
+    similarity_matrices([["a", "b"]], counting)
+    assert calls == [2]
 
 
 def test_several_methods_share_one_similarity_matrix(monkeypatch):
@@ -308,4 +376,5 @@ def test_graph_scores_stay_within_the_bounds_their_maps_divide_by():
         assert 0 <= eccentricity_uncertainty(s) <= math.sqrt(m - 1) + 1e-9
         assert all(eccentricity_distance(s, j) <= math.sqrt(1 - 1 / m) + 1e-9 for j in range(m))
         assert 0 <= kernel_language_entropy(s) <= math.log(m) + 1e-9
+        assert 0 <= kernel_language_confidence(s) <= 1
         assert 1 <= number_of_semantic_sets(s, 0.5) <= m

@@ -6,7 +6,12 @@ base method; ``fit(records)`` fits the base when it needs fitting and then the
 ``score`` is the mapping applied to the base method's scores. A base that is
 itself fitted on these records would hand the mapping over-confident
 in-sample scores, so such a base is cross-fitted: the mapping learns from
-out-of-fold scores and the base is then refitted on all records.
+out-of-fold scores and the base is then refitted on all records. The folds
+are stratified on ``correct >= 0.5`` and there are at most as many as the
+rarer class has records (and at least 2), so every fold's training part holds
+both correct and incorrect answers. Cross-fitting with a single correct (or a
+single incorrect) record is impossible and raises a one-line ``CertaError``;
+fit the base yourself and pass the fitted instance to skip cross-fitting.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import CertaError, InputError
 from ..recalibration import expit, fit_map, logit
 from ..records import Record
 from .base import ConfidenceMethod, Needs, check_scores, method_class, register
@@ -39,7 +44,8 @@ class Calibrator(ConfidenceMethod):
 
     ``base`` is a method name or a method instance (an already-fitted instance
     is used as is); ``base_options`` go to the base method's constructor;
-    ``folds`` is the number of cross-fitting folds for a base that needs fitting.
+    ``folds`` is the number of cross-fitting folds for a base that needs fitting
+    (stratified on ``correct >= 0.5``; fewer when the rarer class has fewer records).
     """
 
     needs = Needs.FIT
@@ -78,12 +84,23 @@ class Calibrator(ConfidenceMethod):
         return check_scores(self.base.score(records), len(records), self.base.name)
 
     def _out_of_fold_scores(self, records: Sequence[Record]) -> np.ndarray:
-        if len(records) < self.folds:
-            raise InputError(f"{self.name}: {len(records)} records are too few for {self.folds}-fold cross-fitting")
-        scores = np.empty(len(records))
-        from sklearn.model_selection import KFold
+        from sklearn.model_selection import StratifiedKFold
 
-        for train, held_out in KFold(self.folds, shuffle=True, random_state=0).split(np.arange(len(records))):
+        if len(records) < 2:
+            raise InputError(f"{self.name}: {len(records)} records are too few for cross-fitting")
+        strata = (correctness(records) >= 0.5).astype(int)
+        counts = np.bincount(strata, minlength=2)
+        present = counts[counts > 0]
+        if len(present) == 2 and present.min() < 2:
+            side = "correct" if counts[1] < 2 else "incorrect"
+            raise CertaError(
+                f"{self.name}: cross-fitting {self.base.name!r} needs at least 2 {side} records, got "
+                f"{int(present.min())} of {len(records)}; add records, or fit the base first and pass it fitted")
+        # As many folds as the rarer class has members, so each fold's training part holds both classes.
+        folds = max(2, min(self.folds, int(present.min())))
+        scores = np.empty(len(records))
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=0)
+        for train, held_out in splitter.split(np.zeros(len(records)), strata):
             # A fresh base per fold, built with the same options as the one being wrapped.
             fold_base = type(self.base)(model=self.base.model, **self.base.options)
             fold_base.fit([records[i] for i in train])

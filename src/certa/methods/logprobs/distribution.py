@@ -9,10 +9,12 @@ stores the per-token numbers in ``record.meta["token_stats"]``, and the methods
 here only average them.
 
 A distribution far from uniform is a peaked, confident one: both numbers grow
-with confidence. (LM-Polygraph's docstrings call them uncertainties although
-they grow the same way, and its Rényi formula for alpha != 1 subtracts log V
-where the divergence adds it, a constant shift that does not change rankings;
-both were raised upstream in IINemo/lm-polygraph PRs #459 and #465.)
+with confidence. certa computes the divergence itself,
+``D_alpha(p || u) = 1/(alpha-1) log sum_i p_i^alpha + log V`` (``log V`` added,
+so that ``D = log V - H_alpha(p)`` lies in [0, log V]), and reports it with
+that sign. LM-Polygraph's versions have differed from this in sign and in how
+``log V`` enters, which shifts every score by a constant and does not change
+rankings (raised upstream in IINemo/lm-polygraph PRs #459 and #465).
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def token_distribution_stats(logits: torch.Tensor | np.ndarray, *, alpha: float 
 
 def stored_token_stat(record: Record, name: str) -> np.ndarray:
     """The per-token statistic ``name`` the generation stored in ``record.meta["token_stats"]``."""
-    values = (record.meta.get("token_stats") or {}).get(name)
+    values = ((record.meta or {}).get("token_stats") or {}).get(name)
     if not values:
         raise CertaError(
             f"record {record.id!r} has no meta['token_stats'][{name!r}]; it is computed from the full "

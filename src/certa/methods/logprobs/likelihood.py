@@ -65,7 +65,7 @@ class VocabularyNormalised:
 
     def log_vocab(self, record: Record) -> float:
         """log V for ``record``; a one-line error when V is known nowhere."""
-        vocab = self.vocab_size or record.meta.get("vocab_size")
+        vocab = self.vocab_size or (record.meta or {}).get("vocab_size")
         if not vocab:
             raise CertaError(f"{getattr(self, 'name', 'this method')} needs the vocabulary size to normalise record "
                              f"{record.id!r}: pass model=certa.load_model(...) or vocab_size=N")

@@ -107,8 +107,38 @@ def von_neumann_entropy(kernel: np.ndarray) -> float:
 
 
 def kernel_language_entropy(similarity: np.ndarray, t: float = KLE_TIME) -> float:
-    """KLE = von Neumann entropy of the normalised heat kernel of the answer graph, in [0, log m] nats."""
+    """KLE = von Neumann entropy of the normalised heat kernel of the answer graph, at most log m nats.
+
+    ``log m`` is reached when all answers are unrelated (``K = I``). The heat
+    kernel is never rank one, so KLE never reaches 0: its least value is that of
+    the all-ones graph, :func:`complete_graph_kernel_language_entropy`.
+    """
     return von_neumann_entropy(heat_kernel(similarity, t))
+
+
+def complete_graph_kernel_language_entropy(m: int, t: float = KLE_TIME) -> float:
+    """KLE of the all-ones graph ``J_m`` (m identical answers), in closed form.
+
+    ``L = m I - J`` has eigenvalue 0 (on the all-ones vector) and m (m - 1
+    times), so ``exp(-tL)`` has eigenvalues 1 and ``e = exp(-tm)`` and a
+    constant diagonal; the density matrix has eigenvalues ``1/Z`` and ``e/Z``
+    (m - 1 times), ``Z = 1 + (m - 1) e``, whose entropy is
+    ``log Z + t m (m - 1) e / Z``. It is positive for every t > 0.
+    """
+    e = math.exp(-t * m)
+    z = 1.0 + (m - 1) * e
+    return math.log(z) + t * m * (m - 1) * e / z
+
+
+def kernel_language_confidence(similarity: np.ndarray, t: float = KLE_TIME) -> float:
+    """``(log m - KLE) / (log m - KLE(J_m))`` clipped to [0, 1]: KLE over the range it can reach.
+
+    1 when all answers are identical (the all-ones graph), 0 when all are unrelated (``K = I``).
+    """
+    m = len(similarity)
+    top = math.log(m)
+    span = max(top - complete_graph_kernel_language_entropy(m, t), 1e-12)
+    return float(np.clip((top - kernel_language_entropy(similarity, t)) / span, 0.0, 1.0))
 
 
 def max_eccentricity(m: int) -> float:

@@ -228,13 +228,20 @@ class Eccentricity(TargetedSampleSetMethod):
 
 @register("kernel_language_entropy")
 class KernelLanguageEntropy(SampleSetMethod):
-    """Kernel language entropy: von Neumann entropy of the answer graph's heat kernel, as 1 - KLE / log m.
+    """Kernel language entropy: von Neumann entropy of the answer graph's heat kernel, rescaled to [0, 1].
 
-    Nikitin et al. 2024 ("Kernel language entropy", arXiv:2405.20003),
-    LM-Polygraph's ``KernelLanguageEntropy``: ``K = exp(-t (D - W))`` with t =
-    0.3, normalised to unit trace (:func:`.graph.kernel_language_entropy`).
-    KLE in [0, log m] maps linearly to [1, 0]. LM-Polygraph's graph weights
-    are twice certa's (its entail + entail^T sum), so its t = 0.3 equals t = 0.6 here.
+    Nikitin et al. 2024 ("Kernel language entropy", arXiv:2405.20003); compare
+    LM-Polygraph's ``KernelLanguageEntropy``. certa's kernel is
+    ``K = exp(-t (D - W))`` over the affinity ``W`` of :func:`.graph.affinity`
+    (symmetrised similarities in [0, 1], unit diagonal), t = 0.3 by default,
+    normalised to unit diagonal and trace (:func:`.graph.kernel_language_entropy`).
+    The heat kernel is never rank one, so KLE never reaches 0: m identical
+    answers (the all-ones graph ``J_m``) give KLE(J_m) > 0. The confidence is
+    ``(log m - KLE) / (log m - KLE(J_m))`` clipped to [0, 1]
+    (:func:`.graph.kernel_language_confidence`): 1 for identical answers, 0 for
+    unrelated ones. LM-Polygraph builds its graph weights from NLI
+    probabilities on a different scale and reports KLE / log m, so its scores
+    are not certa's.
     """
 
     cost = f"{SAMPLES_COST}; one similarity matrix and two (K+1)x(K+1) eigendecompositions per answer set"
@@ -248,4 +255,4 @@ class KernelLanguageEntropy(SampleSetMethod):
         self.t = t
 
     def confidence(self, similarity: np.ndarray) -> float:
-        return 1.0 - graph.kernel_language_entropy(similarity, self.t) / math.log(len(similarity))
+        return graph.kernel_language_confidence(similarity, self.t)

@@ -75,10 +75,21 @@ def similarity_matrices(answer_sets: Sequence[Sequence[str]], kind: Kind = "roug
     MiniLM embeds every distinct text of every set in one call and a callable
     scores every distinct ordered pair in one call. With ``cache`` (default) a
     matrix already computed for the same texts and kind in this process is
-    reused, so several methods scoring the same records compute it once.
+    reused, so several methods scoring the same records compute it once. A
+    callable is cached only when it is hashable (the cache key then holds it,
+    so it stays alive and equal to itself); an unhashable one (e.g. a plain
+    dataclass instance) is called afresh every time, because keying it by
+    ``id()`` would hand a later object that reuses the id stale matrices.
     """
     _check_kind(kind)
-    keys = [(_kind_key(kind), tuple(answers)) for answers in answer_sets]
+    try:
+        hash(kind)
+    except TypeError:
+        kind_key: Hashable = "uncached"  # distinct answer sets are still scored once per call
+        cache = False
+    else:
+        kind_key = kind
+    keys = [(kind_key, tuple(answers)) for answers in answer_sets]
     todo = list(dict.fromkeys(k for k in keys if not (cache and k in _CACHE)))
     computed = dict(zip(todo, _compute([list(k[1]) for k in todo], kind), strict=True))
     out = []
@@ -112,14 +123,6 @@ def _remember(key: tuple[Hashable, tuple[str, ...]], matrix: np.ndarray) -> None
 def _check_kind(kind: Kind) -> None:
     if not callable(kind) and kind not in KINDS:
         raise InputError(f"similarity must be one of {KINDS} or a function scoring (text, text) pairs; got {kind!r}")
-
-
-def _kind_key(kind: Kind) -> Hashable:
-    try:
-        hash(kind)
-    except TypeError:
-        return ("unhashable", id(kind))
-    return kind
 
 
 def _compute(answer_sets: list[list[str]], kind: Kind) -> list[np.ndarray]:
