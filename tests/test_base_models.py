@@ -246,3 +246,64 @@ def test_the_server_does_not_return_a_base_models_own_stop_text(scripted):
     choice = result.choices[0]
     assert choice.text == "42" and choice.finish_reason == "stop"       # was "42\n"
     assert "".join(choice.tokens) == choice.text and len(choice.token_logprobs) == len(choice.tokens)
+
+
+# --- sliding-window models (Gemma-3) --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sliding_lm(tiny_model_dir, tmp_path_factory):
+    """A tiny random Gemma-3 whose sliding window (4) is shorter than every prompt + answer."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4,
+                              max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.mul_(4)  # answers of varied lengths
+    path = tmp_path_factory.mktemp("gemma3-sliding")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(str(path), device="cpu")
+
+
+class _StepHook:
+    """A read-out hook like GrACE's: the next-token distribution one step after the answer, over its cache."""
+
+    name = "step"
+
+    def on_finished(self, lm, batch: FinishedBatch) -> list[float]:
+        from certa.methods.answer_cache import step_logits
+
+        with torch.no_grad():
+            return step_logits(lm.model, batch.cache).softmax(-1)[:, 5].tolist()
+
+
+def test_offline_read_outs_of_a_sliding_window_model_equal_the_generation_hooks(sliding_lm):
+    """encode_answers keeps a plain cache, as decoding does: the model's own sliding-window cache could not be
+    cropped back after a read-out (it crashed), and the offline value must equal the generation hook's."""
+    from certa.methods.answer_cache import answer_ids, encode_answers, step_logits
+    from certa.records import Record
+
+    assert sliding_lm.model.config.sliding_window == 4
+    examples = [Example(id=f"q{i}", question=q, answers=["x"]) for i, q in
+                enumerate(["What is 3 + 4?", "who wrote Hamlet?", "abc xyz?", "What is the capital of France?"])]
+    gens = generate(sliding_lm, examples, max_new_tokens=6, hooks=[_StepHook()], progress=False)
+    records = [Record.from_generation(g, e, 0.0) for g, e in zip(gens, examples, strict=True)]
+    pairs = [answer_ids(sliding_lm, r) for r in records]
+    assert min(len(p) + len(a) for p, a in pairs) > 4 * sliding_lm.model.config.sliding_window
+    with torch.no_grad():
+        cache = encode_answers(sliding_lm.model, pairs, sliding_lm.tokenizer.pad_token_id)
+        offline = step_logits(sliding_lm.model, cache).softmax(-1)[:, 5]
+        again = step_logits(sliding_lm.model, cache).softmax(-1)[:, 5]  # the cache was cropped back
+        alone = [sliding_lm.model(input_ids=torch.tensor([p + a])).logits[0, -1].softmax(-1)[5] for p, a in pairs]
+    hook = torch.tensor([g.confidence["step"] for g in gens])
+    torch.testing.assert_close(offline, hook, atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, offline)
+    torch.testing.assert_close(offline, torch.stack(alone), atol=1e-5, rtol=0)

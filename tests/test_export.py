@@ -141,7 +141,7 @@ def test_an_export_loads_as_a_plain_model_and_refuses_to_overwrite(exported):
     mode, artifact, out = exported
     assert not is_artifact(out)
     lm = load_model(str(out), device="cpu")
-    assert lm.artifact is None and lm.tokenizer.convert_ids_to_tokens(len(lm.tokenizer) - 1) == "<CNF>"
+    assert lm.method == "grace" and lm.tokenizer.convert_ids_to_tokens(len(lm.tokenizer) - 1) == "<CNF>"
     with pytest.raises(InputError, match="exists and is not empty"):
         export_grace(artifact, out)
     # --overwrite onto the artifact itself (or around it) refuses before touching anything: it deleted the artifact
@@ -149,6 +149,96 @@ def test_an_export_loads_as_a_plain_model_and_refuses_to_overwrite(exported):
         with pytest.raises(InputError, match="would replace or sit inside the artifact"):
             export_grace(artifact, target, overwrite=True)
     assert is_artifact(artifact) and not (artifact / "inside").exists()
+
+
+def test_a_loaded_export_suppresses_cnf_and_reads_the_confidence_as_the_artifact_does(exported):
+    """``load_model(OUT)`` of an export: <CNF> (its certa.json's suppress_token_ids) never in an answer, the answers
+    the artifact's, and the GrACE confidence read while generating as the export's certa.json says."""
+    from certa.generation import added_token_ids, generate
+
+    mode, artifact, out = exported
+    spec = json.loads((out / "certa.json").read_text())
+    lm = load_model(str(out), device="cpu")
+    assert spec["suppress_token_ids"] == [spec["token_id"]] and spec["token_id"] in added_token_ids(lm)
+    ours = generate(lm, _examples(), max_new_tokens=MAX_NEW, progress=False)
+    theirs = generate(load_model(str(artifact), device="cpu"), _examples(), max_new_tokens=MAX_NEW, progress=False)
+    assert [g.token_ids for g in ours] == [g.token_ids for g in theirs]
+    assert not any(spec["token_id"] in g.token_ids for g in ours)
+    np.testing.assert_allclose([g.confidence["grace"] for g in ours], [g.confidence["grace"] for g in theirs],
+                               atol=TOL, rtol=0)
+
+
+def _copy(artifact, where, *, old_format=False):
+    """A copy of ``artifact``; ``old_format``: its certa.json as artifacts written before base facts were recorded."""
+    import shutil
+
+    shutil.copytree(artifact, where, ignore=shutil.ignore_patterns("checkpoints"))
+    if old_format:
+        info = json.loads((where / "certa.json").read_text())
+        for key in ("base_config", "base_fingerprint"):
+            info.pop(key)
+        (where / "certa.json").write_text(json.dumps(info))
+    return where
+
+
+@pytest.fixture(scope="module")
+def wide_base(tmp_path_factory):
+    """The tiny model's tokenizer and architecture with hidden size 64 instead of 32."""
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=64)
+
+
+def test_an_artifact_on_a_base_of_another_shape_is_one_line_naming_its_base(exported, wide_base, tmp_path):
+    """Recorded shape (new artifacts): refused before attaching. Older artifacts, without it: PEFT's 10-line size
+    mismatch becomes one line saying the artifact was probably trained on another base."""
+    from certa.errors import ModelLoadError
+    from certa.models import attach_artifacts
+    from certa.models.sources import load_base_model
+
+    mode, artifact, _ = exported
+    if mode != "suffix":
+        pytest.skip("one artifact is enough")
+    info = json.loads((artifact / "certa.json").read_text())
+    assert info["base_config"] == {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2}
+    with pytest.raises(ModelLoadError, match=r"hidden_size 32\), but .* has hidden_size 64") as error:
+        attach_artifacts(load_base_model(str(wide_base), device="cpu"), {"grace": artifact})
+    assert "\n" not in str(error.value) and info["base_model"] in str(error.value)
+    old = _copy(artifact, tmp_path / "old", old_format=True)
+    with pytest.raises(ModelLoadError, match="probably trained on another base") as error:
+        attach_artifacts(load_base_model(str(wide_base), device="cpu"), {"grace": old})
+    assert "\n" not in str(error.value) and info["base_model"] in str(error.value)
+    assert "size mismatch" in str(error.value)
+
+
+def test_an_artifact_on_other_weights_of_the_same_shape_warns(exported, tiny_model_dir, lively, tmp_path, caplog):
+    from certa.models import attach_artifacts
+    from certa.models.sources import load_base_model
+
+    mode, artifact, _ = exported
+    if mode != "suffix":
+        pytest.skip("one artifact is enough")
+    with caplog.at_level("WARNING", logger="certa.models.artifact"):
+        attach_artifacts(load_base_model(str(lively), device="cpu", dtype="bfloat16"), {"grace": artifact})
+        assert not [r for r in caplog.records if "differ" in r.getMessage()]  # its own base, in bfloat16: fine
+        attach_artifacts(load_base_model(str(tiny_model_dir), device="cpu"), {"grace": artifact})
+    assert any("weights of base model" in r.getMessage() and "differ" in r.getMessage() for r in caplog.records)
+    old = _copy(artifact, tmp_path / "old", old_format=True)  # older artifacts still load
+    assert load_model(str(old), device="cpu").method == "grace"
+
+
+def test_a_corrupt_adapter_file_is_one_line_naming_it(exported, tmp_path):
+    from certa.errors import ModelLoadError
+
+    mode, artifact, _ = exported
+    if mode != "suffix":
+        pytest.skip("one artifact is enough")
+    for content in (b"xx", (artifact / "adapter_model.safetensors").read_bytes()[:200]):
+        broken = _copy(artifact, tmp_path / f"broken-{len(content)}")
+        (broken / "adapter_model.safetensors").write_bytes(content)
+        with pytest.raises(ModelLoadError, match="truncated or corrupt") as error:
+            load_model(str(broken), device="cpu")
+        assert str(broken / "adapter_model.safetensors") in str(error.value) and "\n" not in str(error.value)
 
 
 def test_vllm_style_lora_over_the_whole_sequence_is_an_approximation(exported, records):

@@ -12,7 +12,7 @@ import torch
 
 import certa.models.sources as models
 from certa.errors import InputError, MissingDependencyError, ModelLoadError
-from certa.models import LoadedModel, end_token_ids, load_model, resolve_device
+from certa.models import LoadedModel, end_token_ids, load_model, render_chat, resolve_device
 from certa.prompts import SYSTEM_PROMPT
 
 
@@ -46,6 +46,40 @@ def test_chat_prompt_without_template_falls_back_to_question_answer(tiny_lm):
     plain = LoadedModel(tiny_lm.model, tokenizer, "plain", tiny_lm.device, tiny_lm.dtype)
     assert plain.chat_prompt("Who?", system="Be brief.") == "Be brief.\n\nQuestion: Who?\nAnswer:"
     assert plain.chat_prompt("Who?", system=None) == "Question: Who?\nAnswer:"
+
+
+#: Gemma-2-it's chat template, abridged with its logic kept: it refuses a system turn, as Mistral-Instruct-v0.1's does.
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<|im_start|>' + role + '\n' + message['content'] | trim + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>model\n'}}{% endif %}")
+
+
+def test_a_template_without_a_system_role_gets_the_system_text_in_the_first_user_turn(tiny_model_dir, tmp_path):
+    import shutil
+
+    from certa.generation import generate
+    from certa.records import Example
+
+    path = tmp_path / "gemma2-style"
+    shutil.copytree(tiny_model_dir, path)
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        **json.loads((path / "tokenizer_config.json").read_text()), "chat_template": NO_SYSTEM_TEMPLATE}))
+    for extra in path.glob("chat_template.j*"):
+        extra.unlink()
+    lm = load_model(path, device="cpu")
+    assert lm.chat_prompt("What is 2 + 2?") == (
+        f"<|im_start|><|im_start|>user\n{SYSTEM_PROMPT}\n\nWhat is 2 + 2?<|im_end|>\n<|im_start|>model\n")
+    assert lm.chat_prompt("Hi", system=None) == "<|im_start|><|im_start|>user\nHi<|im_end|>\n<|im_start|>model\n"
+    got = generate(lm, [Example(id="a", question="What is 3 + 4?", answers=["7"])], max_new_tokens=3, progress=False)
+    assert len(got) == 1 and got[0].token_ids
+    # A conversation the template still refuses: one line naming the model, no jinja traceback
+    with pytest.raises(InputError, match="chat template cannot render") as error:
+        render_chat(lm.tokenizer, [("user", "a"), ("user", "b")])
+    assert str(path) in str(error.value) and "alternate" in str(error.value) and "\n" not in str(error.value)
 
 
 def test_end_token_ids_include_eos_and_the_template_end_of_turn(tiny_lm):
@@ -140,12 +174,23 @@ def test_resolve_device_defaults_and_overrides():
         assert default_device.type == "cpu" and default_dtype == torch.float32
     assert resolve_device("cpu", "bfloat16") == (torch.device("cpu"), torch.bfloat16)
     assert resolve_device("cpu", torch.float16) == (torch.device("cpu"), torch.float16)
-    with pytest.raises(InputError, match="unknown dtype 'int8'"):
+    assert resolve_device("cpu", "float64")[1] == torch.float64
+    with pytest.raises(InputError, match="unsupported dtype 'int8'"):
         resolve_device("cpu", "int8")
-    with pytest.raises(InputError, match="unknown dtype 'fp33'"):
+    with pytest.raises(InputError, match="unsupported dtype 'fp33'"):
         resolve_device("cpu", "fp33")
     with pytest.raises(InputError, match="unknown device"):
         resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2", torch.float8_e4m3fn, "complex64"])
+def test_float8_and_other_storage_dtypes_are_refused_in_one_line(dtype, tiny_model_dir):
+    """float8 is a floating type torch cannot compute a forward in: refused up front, not a crash mid-generation."""
+    with pytest.raises(InputError, match="unsupported dtype") as error:
+        resolve_device("cpu", dtype)
+    assert "\n" not in str(error.value) and "float32" in str(error.value)
+    with pytest.raises(InputError, match="unsupported dtype"):
+        load_model(tiny_model_dir, device="cpu", dtype=dtype)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")

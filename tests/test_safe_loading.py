@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 import sys
 from pathlib import Path
 
@@ -160,3 +161,46 @@ def test_trained_method_names_come_from_the_registry_so_artifact_paths_stay_insi
         with pytest.raises(CertaError):
             check_methods([method])
     assert trained_methods(["grace+platt", "conftuner", "sequence_likelihood"]) == ["grace", "conftuner"]
+
+
+# ---------------------------------------------------------------- corrupt weight files
+
+
+@pytest.mark.parametrize("cut", ["half", "garbage"])
+def test_a_truncated_or_garbage_safetensors_file_is_one_line_naming_it(tiny_model_dir, tmp_path, cut):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 2] if cut == "half" else b"not a safetensors file at all")
+    with pytest.raises(ModelLoadError, match="truncated or corrupt") as error:
+        load_model(str(broken), device="cpu")
+    assert str(weights) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_corrupt_shard_is_named(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="20KB")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(sharded)
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt") as error:
+        load_model(str(sharded), device="cpu")
+    assert str(shards[1]) in str(error.value)
+
+
+@pytest.mark.parametrize("content", [
+    b"GGUFjunk",                                                                 # cut inside the fixed header
+    struct.pack("<4sIQQ", b"GGUF", 3, 0, 5) + struct.pack("<Q", 40) + b"general.arch",  # inside the first key
+])
+def test_a_gguf_file_cut_inside_its_header_is_one_line_naming_it(tmp_path, monkeypatch, content):
+    monkeypatch.setenv("CERTA_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(content)
+    with pytest.raises(ModelLoadError, match="cannot read GGUF file") as error:
+        load_model(str(gguf), device="cpu")
+    assert str(gguf) in str(error.value) and "\n" not in str(error.value)
+    assert not [p for p in (tmp_path / "cache" / "models").iterdir() if p.is_dir()]  # no half conversion left

@@ -66,13 +66,13 @@ def study(tiny_model_dir, artifacts):
 
 @contextlib.contextmanager
 def counting_encodings(lm):
-    """Rows the model encodes (forward calls over a prompt, without a KV cache to extend) in the block."""
+    """Rows the model encodes (forward calls over a prompt, with no KV cache or an empty one) in the block."""
     rows: list[int] = []
 
     def count(_module, _args, kwargs):
         ids = kwargs.get("input_ids")
-        if ids is not None and ids.shape[1] > 1 and kwargs.get("cache") is None \
-                and kwargs.get("past_key_values") is None:
+        cache = kwargs.get("cache") if kwargs.get("cache") is not None else kwargs.get("past_key_values")
+        if ids is not None and ids.shape[1] > 1 and (cache is None or cache.get_seq_length() == 0):
             rows.append(int(ids.shape[0]))
 
     handle = lm.model.register_forward_pre_hook(count, with_kwargs=True)

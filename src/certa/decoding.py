@@ -650,9 +650,14 @@ def run_hooks(lm: LoadedModel, hooks: Sequence[GenerationHook], rows: Sequence[F
 
 
 def added_token_ids(lm: LoadedModel) -> list[int]:
-    """Ids of the tokens that trained artifacts added to the vocabulary (never decoded into answers)."""
-    tokens = {(info.get("method_info") or {}).get("token") for info in lm.adapters.values()}
-    return sorted(int(lm.tokenizer.convert_tokens_to_ids(t)) for t in tokens if t)
+    """Ids of the tokens that trained artifacts added to the vocabulary (never decoded into answers): those of
+    every attached adapter's artifact and of the view's own, and the ``suppress_token_ids`` an exported
+    model's ``certa.json`` lists (``certa export``: ``<CNF>`` is in its plain weights, with no adapter)."""
+    infos = [*lm.adapters.values(), *([lm.artifact] if lm.artifact else [])]
+    tokens = {(info.get("method_info") or {}).get("token") for info in infos}
+    ids = {int(lm.tokenizer.convert_tokens_to_ids(t)) for t in tokens if t}
+    ids |= {int(t) for info in infos for t in info.get("suppress_token_ids") or []}
+    return sorted(ids)
 
 
 def _check_request(r: Request) -> None:

@@ -79,12 +79,19 @@ def answer_ids(lm: LoadedModel, record: Record) -> tuple[list[int], list[int]]:
 def encode_answers(model: torch.nn.Module, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, *,
                    adapter_enabled: bool = False, adapter_name: str | None = None,
                    hidden: bool = False) -> AnswerCache:
-    """Encode prompt + response[:-1] of each pair once, without gradients (the base model unless told)."""
+    """Encode prompt + response[:-1] of each pair once, without gradients (the base model unless told).
+
+    The cache is a plain ``DynamicCache`` (full layers whatever the model's config), as decoding's is: the
+    config-aware cache a model builds itself has sliding-window layers (Gemma-3), which cannot be cropped
+    back after a read-out; the window still applies through the mask, so the values equal the generation hook's.
+    """
+    from transformers import DynamicCache
+
     device = next(model.parameters()).device
     ids, mask = left_pad([list(p) + list(r[:-1]) for p, r in pairs], pad_id, device)
     with torch.no_grad(), adapter_state(model, adapter_enabled, adapter_name), head_inputs(unwrap(model), hidden) as seen:
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
-                    use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_parameter(model): DynamicCache()})
     last = torch.tensor([r[-1] for _, r in pairs], device=device)
     return AnswerCache(output_cache(out), mask, last, seen[-1] if hidden else None)
 

@@ -29,7 +29,7 @@ import torch
 from ..errors import InputError, ModelLoadError
 from ..textfiles import read_json_object
 from ..versions import package_versions
-from .adapters import is_peft_model, quiet_peft_wrapping
+from .adapters import is_peft_model, quiet_peft_wrapping, unwrap
 from .card import write_model_card
 from .loaded import LoadedModel
 from .sources import load_base_model
@@ -49,7 +49,7 @@ def is_artifact(path: str | os.PathLike[str]) -> bool:
 
 def is_export(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a standard HF model exported by ``certa export`` (its ``certa.json`` has ``export``):
-    it loads as a base model, and the ``certa.json`` says how its confidence is read."""
+    :func:`load_export` loads it as the HF model it is and reads its confidence as its ``certa.json`` says."""
     try:
         return "export" in json.loads((Path(path) / ARTIFACT_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):
@@ -102,6 +102,8 @@ def save_artifact(lm: LoadedModel, method: str, method_info: dict[str, Any], con
         "base_model": lm.name,
         "base_model_path": _local_path(lm.name),
         "vocab_size": len(lm.tokenizer),
+        "base_config": base_config(lm.model),
+        "base_fingerprint": base_fingerprint(lm.model),
         "method_info": method_info,
         "train_config": config,
         "versions": package_versions(),
@@ -150,6 +152,50 @@ def load_artifact(path: str | os.PathLike[str], device: str | torch.device | Non
     return attach_artifacts(base, {info["method"]: path})[info["method"]]
 
 
+def load_export(path: str | os.PathLike[str], device: str | torch.device | None = None,
+                dtype: torch.dtype | str | None = None, *, allow_pickle: bool | None = None,
+                trust_remote_code: bool | None = None) -> LoadedModel:
+    """Load a model written by ``certa export``: a standard HF directory, read as its ``certa.json`` says.
+
+    Answers never contain the tokens it lists in ``suppress_token_ids`` (``<CNF>``), and generation reads
+    the GrACE confidence as the export describes it: P(<CNF>) after the answer, with the read-out LoRA
+    (``readout-lora/``, suffix mode) switched on for that one step, the stored recalibration applied.
+    """
+    import dataclasses
+
+    from peft import PeftModel
+
+    path = Path(path)
+    spec = read_json_object(path / ARTIFACT_FILE)
+    lm = load_base_model(str(path), device=device, dtype=dtype, allow_pickle=allow_pickle,
+                         trust_remote_code=trust_remote_code)
+    suppress = [int(t) for t in spec.get("suppress_token_ids") or []]
+    method = spec.get("method")
+    info: dict[str, Any] = {
+        "method": method, "base_model": spec.get("base_model"), "export": spec.get("export"), "path": str(path),
+        "suppress_token_ids": suppress, "recalibration": spec.get("recalibration"),
+        "method_info": {"token": spec.get("token"), "mode": spec.get("mode", "suffix"),
+                        "readout": spec.get("readout", "step"),
+                        "answers_use_adapter": bool(spec.get("answers_use_adapter", False))},
+        "artifact_id": artifact_id(path),
+    }
+    if method != "grace":  # an export certa does not know how to read: still never answer with its tokens
+        return dataclasses.replace(lm, artifact={"suppress_token_ids": suppress, "export": spec.get("export")})
+    adapter = (spec.get("read") or {}).get("adapter")
+    if not adapter:  # full / free modes: the read-out runs the exported weights as they are
+        return dataclasses.replace(lm, artifact=info, artifact_id=info["artifact_id"])
+    lora = path / str(adapter.get("path", "readout-lora"))
+    _check_weights(lora)
+    try:
+        with quiet_peft_wrapping():
+            lm.model = PeftModel.from_pretrained(lm.model, str(lora), adapter_name=method).eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"{lora}: could not attach the export's read-out LoRA ({_one_line(exc)})") from None
+    # Answers run with the LoRA off; only the read-out step switches it on (as the export's certa.json says).
+    lm.adapters[method] = info
+    return lm.view(method)
+
+
 def attach_artifacts(base: LoadedModel, artifacts: Mapping[str, str | os.PathLike[str]]) -> dict[str, LoadedModel]:
     """Attach each artifact to ``base`` as a PEFT adapter named by its key; return a view per artifact.
 
@@ -166,8 +212,9 @@ def attach_artifacts(base: LoadedModel, artifacts: Mapping[str, str | os.PathLik
     if taken:
         raise InputError(f"an adapter named {taken[0]!r} is already attached to {base.name!r}")
     rows_attached = any(_trains_token_rows(Path(info["path"])) for info in base.adapters.values() if "path" in info)
-    for path in artifacts.values():
+    for name, path in artifacts.items():
         _check_weights(Path(path))
+        _check_base(base, Path(path), infos[name])
         if rows_attached and not _trains_token_rows(Path(path)):
             raise InputError(f"{path}: an adapter without token rows cannot join adapters that train them "
                              "(a PEFT limitation); attach all artifacts in one attach_artifacts call")
@@ -183,7 +230,7 @@ def attach_artifacts(base: LoadedModel, artifacts: Mapping[str, str | os.PathLik
                 else:
                     model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelLoadError(f"{path}: could not attach the adapter ({exc})") from None
+            raise ModelLoadError(_attach_error(Path(path), infos[name], base.name, exc)) from None
         infos[name] = {**infos[name], "artifact_id": artifact_id(path), "path": str(path)}
     model.eval()
     base.model = model
@@ -200,11 +247,105 @@ def _trains_token_rows(path: Path) -> bool:
 
 
 def _check_weights(path: Path) -> None:
-    """Adapters load from safetensors only: a pickle checkpoint can run code when it is read."""
+    """Adapters load from safetensors only: a pickle checkpoint can run code when it is read. A file whose
+    header does not read (truncated, overwritten) is named in one line."""
+    from safetensors import SafetensorError, safe_open
+
     if not (path / _WEIGHTS).is_file():
         found = sorted(p.name for p in path.glob("adapter_model.*"))
         detail = f"found {', '.join(found)}" if found else "no adapter weights at all"
         raise ModelLoadError(f"{path}: expected {_WEIGHTS} ({detail}); certa loads adapters from safetensors only")
+    try:
+        with safe_open(str(path / _WEIGHTS), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"{path / _WEIGHTS}: cannot read the adapter weights, is the file truncated or "
+                             f"corrupt? ({_one_line(exc)})") from None
+
+
+#: The base model's shape facts an artifact records (``base_config`` in ``certa.json``) and checks on attach.
+BASE_CONFIG_KEYS = ("model_type", "hidden_size", "num_hidden_layers")
+
+
+def base_config(model: torch.nn.Module) -> dict[str, Any]:
+    """The base model's architecture and shape: what an adapter's weights must fit."""
+    config = _base_model(model).config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    facts = {"model_type": getattr(config, "model_type", None),
+             "hidden_size": getattr(text, "hidden_size", None),
+             "num_hidden_layers": getattr(text, "num_hidden_layers", None)}
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def base_fingerprint(model: torch.nn.Module) -> list[float]:
+    """Norms of a few rows of three of the base model's weight matrices (first, middle, last; embeddings and
+    adapters aside): another checkpoint of the same shape differs, a float16/bfloat16 load of the same does not."""
+    inner = _base_model(model)
+    vocab = {_rows(m) for m in (inner.get_input_embeddings(), inner.get_output_embeddings()) if m is not None}
+    skip = ("lora_", "token_adapter", "trainable_tokens", "modules_to_save")
+    weights = [w for n, w in inner.named_parameters()
+               if w.dim() == 2 and w.shape[0] not in vocab and not any(t in n for t in skip)]
+    if not weights:
+        return []
+    values: list[float] = []
+    try:
+        with torch.no_grad():
+            for w in (weights[0], weights[len(weights) // 2], weights[-1]):
+                rows = torch.linspace(0, w.shape[0] - 1, steps=min(8, w.shape[0])).long().to(w.device)
+                values += [round(float(v), 6) for v in w.index_select(0, rows).float().norm(dim=1).cpu()]
+    except (RuntimeError, NotImplementedError):  # weights not in memory (offloaded to the meta device)
+        return []
+    return values
+
+
+def _rows(layer: torch.nn.Module) -> int | None:
+    """An embedding's or LM head's row count, read from the original layer: a PEFT token wrapper's ``weight``
+    would build a merged copy of the whole matrix."""
+    base = getattr(layer, "base_layer", layer)
+    return getattr(base, "num_embeddings", None) or getattr(base, "out_features", None)
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    inner = unwrap(model)
+    return inner.get_base_model() if is_peft_model(inner) and hasattr(inner, "get_base_model") else inner
+
+
+def _check_base(base: LoadedModel, path: Path, info: dict[str, Any]) -> None:
+    """Refuse, in one line, a base whose shape differs from the one the artifact was trained on (as its
+    ``certa.json`` records it); warn when only the weights differ. Older artifacts record neither."""
+    trained_on = info.get("base_model")
+    recorded = info.get("base_config")
+    if isinstance(recorded, dict):
+        ours = base_config(base.model)
+        for key in BASE_CONFIG_KEYS:
+            if key in recorded and key in ours and recorded[key] != ours[key]:
+                raise ModelLoadError(f"{path}: trained on base model {trained_on!r} ({key} {recorded[key]}), "
+                                     f"but {base.name!r} has {key} {ours[key]}; load the artifact with its own base")
+    recorded_print = info.get("base_fingerprint")
+    readable = isinstance(recorded_print, list) and recorded_print and all(
+        isinstance(v, (int, float)) for v in recorded_print)
+    ours_print = base_fingerprint(base.model) if readable else []
+    if ours_print:
+        same = len(ours_print) == len(recorded_print) and all(
+            abs(a - b) <= 2e-2 * max(abs(a), abs(b)) + 1e-6 for a, b in zip(ours_print, recorded_print, strict=True))
+        if not same:
+            log.warning("%s: the weights of base model %r differ from those of %r, which the artifact was trained "
+                        "on; its confidences will not mean what they were trained to mean", path, base.name, trained_on)
+
+
+def _attach_error(path: Path, info: dict[str, Any], base_name: str, exc: BaseException) -> str:
+    """One line for an adapter that did not attach; for a shape mismatch, the base it was trained on."""
+    text = str(exc)
+    if "size mismatch" in text:
+        first = next((line.strip() for line in text.splitlines() if "size mismatch" in line), "size mismatch")
+        return (f"{path}: its adapter does not fit base model {base_name!r} ({_one_line(first)}); it was probably "
+                f"trained on another base: {info.get('base_model')!r}")
+    return f"{path}: could not attach the adapter ({_one_line(exc)})"
+
+
+def _one_line(exc: BaseException | str) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 def _artifact_vocab(path: Path) -> dict[int, str]:

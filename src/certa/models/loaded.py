@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import InputError
 from ..prompts import ANSWER_STOP, SYSTEM_PROMPT, few_shot_prompt
 from .adapters import adapter_state, is_peft_model
 
@@ -113,10 +114,29 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, turns: list[tuple[str, str]]
     if turns and turns[0][0] == "system":
         system, turns = turns[0][1], turns[1:]
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": system}] if system is not None else []
-        messages += [{"role": role, "content": text} for role, text in turns]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return _templated(tokenizer, turns, system)
     return _leading_bos(tokenizer) + _plain_dialogue(turns, system)
+
+
+def _templated(tokenizer: PreTrainedTokenizerBase, turns: list[tuple[str, str]], system: str | None) -> str:
+    """The chat template's prompt. A template that refuses a system turn (Gemma-it, Mistral-Instruct-v0.1:
+    "System role not supported") gets the system text folded into the first user turn instead."""
+    messages = [{"role": role, "content": text} for role, text in turns]
+    try:
+        try:
+            head = [{"role": "system", "content": system}] if system is not None else []
+            return tokenizer.apply_chat_template(head + messages, tokenize=False, add_generation_prompt=True)
+        except Exception:
+            first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
+            if system is None or not system.strip() or first_user is None:
+                raise
+            messages[first_user] = {"role": "user", "content": f"{system}\n\n{messages[first_user]['content']}"}
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # jinja2 TemplateError (raise_exception), or whatever the template trips on
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        detail = " ".join(str(exc).split())[:200]
+        raise InputError(f"{name}: its chat template cannot render this conversation "
+                         f"({type(exc).__name__}: {detail})") from None
 
 
 def _plain_dialogue(turns: list[tuple[str, str]], system: str | None) -> str:

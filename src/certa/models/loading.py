@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .artifact import is_artifact, load_artifact
+from .artifact import is_artifact, is_export, load_artifact, load_export
 from .bundled import bundled_artifact_path, is_bundled
 from .loaded import LoadedModel
 from .sources import load_base_model
@@ -28,9 +28,12 @@ def load_model(
             (the base model Gemma-3-270M, assembled from its chunk packages on first use),
             a built-in trained artifact (``"default-grace"``, ``"default-conftuner"``; see
             :func:`builtin_model_names`), a ``.gguf`` file, a local HF model directory, a trained
-            certa artifact directory (contains ``certa.json``), or a Hugging Face Hub id.
+            certa artifact directory (contains ``certa.json``), a model written by ``certa export`` (answers
+            never contain ``<CNF>``; generation reads its GrACE confidence as its ``certa.json`` says), or a
+            Hugging Face Hub id.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... Default: CUDA when available, else CPU.
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or a ``torch.dtype``.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"float64"`` or one of those ``torch.dtype`` s
+            (anything else, float8 included, is an :class:`~certa.errors.InputError`).
             Default: bfloat16 on CUDA, float32 on CPU.
         allow_pickle: also read weights stored as a Python pickle (``pytorch_model.bin``), which can
             run code when read. Default: no (safetensors only), unless ``CERTA_ALLOW_PICKLE=1``
@@ -48,6 +51,8 @@ def load_model(
     path = Path(str(spec)).expanduser()
     if is_artifact(path):
         return load_artifact(path, device=device, dtype=dtype, **policy)
+    if is_export(path):
+        return load_export(path, device=device, dtype=dtype, **policy)
     if not path.exists() and is_bundled(str(spec)):
         return load_artifact(bundled_artifact_path(str(spec)), device=device, dtype=dtype, **policy)
     return load_base_model(str(spec), device=device, dtype=dtype, **policy)

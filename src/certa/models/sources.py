@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,8 @@ PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model
                   "flax_model.msgpack")
 SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+#: The dtypes a model loads in: the floating types every layer computes in (float8 / complex types only store).
+LOAD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -141,12 +144,15 @@ def resolve_device(
         raise InputError(f"device {str(dev)!r} requested but CUDA is not available; use device='cpu'")
     if dtype is None:
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dev, dtype
-    resolved = getattr(torch, str(dtype).removeprefix("torch."), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise InputError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+    resolved = dtype if isinstance(dtype, torch.dtype) else getattr(torch, str(dtype).removeprefix("torch."), None)
+    if resolved not in LOAD_DTYPES:
+        raise InputError(f"unsupported dtype {str(dtype).removeprefix('torch.')!r}; use one of "
+                         f"{', '.join(repr(_dtype_name(d)) for d in LOAD_DTYPES)}")
     return dev, resolved
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def cache_dir() -> Path:
@@ -232,8 +238,10 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelLoadError(f"{gguf}: cannot read GGUF file ({_one_line(exc)})") from exc
+    except (OSError, ValueError, KeyError, RuntimeError, IndexError, struct.error) as exc:
+        # struct.error: the file ends inside its header (a truncated download or copy)
+        raise ModelLoadError(f"{gguf}: cannot read GGUF file, is it truncated or corrupt? "
+                             f"({_one_line(exc)})") from exc
     # The weights are already dequantized; the GGUF quantizer marker only blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -246,6 +254,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
 
 def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any, policy: LoadPolicy = LoadPolicy()) -> LoadedModel:
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_local_weights(path, policy)
@@ -253,9 +262,25 @@ def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any, policy: LoadPol
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=policy.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **_safe_kwargs(policy))
+    except SafetensorError as exc:  # a truncated or overwritten weights file: name it
+        raise ModelLoadError(f"{corrupt_safetensors(path) or path}: cannot read the weights, is the file "
+                             f"truncated or corrupt? ({_one_line(exc)})") from exc
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"{path}: cannot load model ({_one_line(exc)}){_remote_code_hint(exc)}") from exc
     return _finish(model, tokenizer, name, dev, dt)
+
+
+def corrupt_safetensors(directory: Path, pattern: str = "*.safetensors") -> Path | None:
+    """The first safetensors file in ``directory`` whose header does not read (truncated, not safetensors)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(directory.glob(pattern)):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return file
+    return None
 
 
 def _safe_kwargs(policy: LoadPolicy) -> dict[str, Any]:
