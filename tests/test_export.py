@@ -189,6 +189,7 @@ def wide_base(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("wide"), hidden_size=64)
 
 
+@pytest.mark.parametrize("exported", ["suffix"], indirect=True)  # one artifact is enough
 def test_an_artifact_on_a_base_of_another_shape_is_one_line_naming_its_base(exported, wide_base, tmp_path):
     """Recorded shape (new artifacts): refused before attaching. Older artifacts, without it: PEFT's 10-line size
     mismatch becomes one line saying the artifact was probably trained on another base."""
@@ -196,9 +197,7 @@ def test_an_artifact_on_a_base_of_another_shape_is_one_line_naming_its_base(expo
     from certa.models import attach_artifacts
     from certa.models.sources import load_base_model
 
-    mode, artifact, _ = exported
-    if mode != "suffix":
-        pytest.skip("one artifact is enough")
+    _, artifact, _ = exported
     info = json.loads((artifact / "certa.json").read_text())
     assert info["base_config"] == {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2}
     with pytest.raises(ModelLoadError, match=r"hidden_size 32\), but .* has hidden_size 64") as error:
@@ -211,13 +210,12 @@ def test_an_artifact_on_a_base_of_another_shape_is_one_line_naming_its_base(expo
     assert "size mismatch" in str(error.value)
 
 
+@pytest.mark.parametrize("exported", ["suffix"], indirect=True)  # one artifact is enough
 def test_an_artifact_on_other_weights_of_the_same_shape_warns(exported, tiny_model_dir, lively, tmp_path, caplog):
     from certa.models import attach_artifacts
     from certa.models.sources import load_base_model
 
-    mode, artifact, _ = exported
-    if mode != "suffix":
-        pytest.skip("one artifact is enough")
+    _, artifact, _ = exported
     with caplog.at_level("WARNING", logger="certa.models.artifact"):
         attach_artifacts(load_base_model(str(lively), device="cpu", dtype="bfloat16"), {"grace": artifact})
         assert not [r for r in caplog.records if "differ" in r.getMessage()]  # its own base, in bfloat16: fine
@@ -227,12 +225,11 @@ def test_an_artifact_on_other_weights_of_the_same_shape_warns(exported, tiny_mod
     assert load_model(str(old), device="cpu").method == "grace"
 
 
+@pytest.mark.parametrize("exported", ["suffix"], indirect=True)  # one artifact is enough
 def test_a_corrupt_adapter_file_is_one_line_naming_it(exported, tmp_path):
     from certa.errors import ModelLoadError
 
-    mode, artifact, _ = exported
-    if mode != "suffix":
-        pytest.skip("one artifact is enough")
+    _, artifact, _ = exported
     for content in (b"xx", (artifact / "adapter_model.safetensors").read_bytes()[:200]):
         broken = _copy(artifact, tmp_path / f"broken-{len(content)}")
         (broken / "adapter_model.safetensors").write_bytes(content)
