@@ -215,6 +215,12 @@ def test_a_body_over_the_cap_is_refused_before_it_is_read_whole():
         chunked = httpx.post(f"{url}/v1/completions", content=chunks, timeout=TIMEOUT,
                              headers={"content-type": "application/json"})
         assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+        # a declared 10 MB body is answered before any of it is sent (reading it would wait until the timeout)
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 10000000\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 413")
         assert engine.batch_sizes == []
         small = client(url).chat.completions.create(model="scripted", messages=[{"role": "user", "content": "hi"}])
         assert small.choices[0].message.content == "hi ok"

@@ -41,11 +41,21 @@ class ModelLoadError(CertaError):
     """A model could not be found or loaded."""
 
 
+def first_validation_problem(exc: ValidationError) -> tuple[str, str, str]:
+    """The first problem of a pydantic error: its field (dotted; "" for the whole model), type and message."""
+    err = exc.errors()[0]
+    return ".".join(str(part) for part in err["loc"]), err["type"], str(err["msg"]).removeprefix("Value error, ")
+
+
 def validation_error(exc: ValidationError, where: str) -> InputError:
     """A pydantic validation error as one ``InputError`` line naming the first bad field."""
-    err = exc.errors()[0]
-    field = ".".join(str(part) for part in err["loc"])
-    if err["type"] == "extra_forbidden":
+    field, kind, message = first_validation_problem(exc)
+    if kind == "extra_forbidden":
         return InputError(f"{where}: unknown key {field!r}")
-    message = str(err["msg"]).removeprefix("Value error, ")
     return InputError(f"{where}: field {field!r}: {message}" if field else f"{where}: {message}")
+
+
+def one_line(problem: BaseException | str, limit: int = 200) -> str:
+    """An exception's (or a text's) message on one line, cut at ``limit`` characters: for a one-line error."""
+    text = " ".join(str(problem).split())
+    return text[:limit] + ("…" if len(text) > limit else "")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from ..errors import InputError
+from ..errors import InputError, first_validation_problem
 from ..serving.abstention import DEFAULT_REFUSAL
 from ..serving.server import serve as run_server
 from ..serving.settings import ServerSettings
@@ -56,9 +56,9 @@ def serve(
                                   max_queue=max_queue, max_prompt_tokens=max_prompt_tokens,
                                   max_body_bytes=max_body_bytes)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "an option"
-        raise InputError(f"{option}: {str(err['msg']).removeprefix('Value error, ')}") from None
+        field, _, message = first_validation_problem(exc)
+        option = "--" + field.replace("_", "-") if field else "an option"
+        raise InputError(f"{option}: {message}") from None
     run_server(model, method=method, host=host, port=port, api_key=api_key, model_name=model_name, settings=settings,
                abstain_target_error=abstain_target_error, calibration=str(calibration) if calibration else None,
                calibration_column=calibration_column, abstain_delta=abstain_delta,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, ModelLoadError
+from ..errors import InputError, ModelLoadError, one_line
 from ..textfiles import read_json_object
 from ..versions import package_versions
 from .adapters import is_peft_model, quiet_peft_wrapping, unwrap
@@ -190,7 +190,7 @@ def load_export(path: str | os.PathLike[str], device: str | torch.device | None 
         with quiet_peft_wrapping():
             lm.model = PeftModel.from_pretrained(lm.model, str(lora), adapter_name=method).eval()
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelLoadError(f"{lora}: could not attach the export's read-out LoRA ({_one_line(exc)})") from None
+        raise ModelLoadError(f"{lora}: could not attach the export's read-out LoRA ({one_line(exc)})") from None
     # Answers run with the LoRA off; only the read-out step switches it on (as the export's certa.json says).
     lm.adapters[method] = info
     return lm.view(method)
@@ -260,7 +260,7 @@ def _check_weights(path: Path) -> None:
             pass
     except (SafetensorError, OSError) as exc:
         raise ModelLoadError(f"{path / _WEIGHTS}: cannot read the adapter weights, is the file truncated or "
-                             f"corrupt? ({_one_line(exc)})") from None
+                             f"corrupt? ({one_line(exc)})") from None
 
 
 #: The base model's shape facts an artifact records (``base_config`` in ``certa.json``) and checks on attach.
@@ -338,14 +338,11 @@ def _attach_error(path: Path, info: dict[str, Any], base_name: str, exc: BaseExc
     text = str(exc)
     if "size mismatch" in text:
         first = next((line.strip() for line in text.splitlines() if "size mismatch" in line), "size mismatch")
-        return (f"{path}: its adapter does not fit base model {base_name!r} ({_one_line(first)}); it was probably "
+        return (f"{path}: its adapter does not fit base model {base_name!r} ({one_line(first)}); it was probably "
                 f"trained on another base: {info.get('base_model')!r}")
-    return f"{path}: could not attach the adapter ({_one_line(exc)})"
+    return f"{path}: could not attach the adapter ({one_line(exc)})"
 
 
-def _one_line(exc: BaseException | str) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("…" if len(text) > 300 else "")
 
 
 def _artifact_vocab(path: Path) -> dict[int, str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..prompts import ANSWER_STOP, SYSTEM_PROMPT, few_shot_prompt
 from .adapters import adapter_state, is_peft_model
 
@@ -134,7 +134,7 @@ def _templated(tokenizer: PreTrainedTokenizerBase, turns: list[tuple[str, str]],
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # jinja2 TemplateError (raise_exception), or whatever the template trips on
         name = getattr(tokenizer, "name_or_path", "") or "this model"
-        detail = " ".join(str(exc).split())[:200]
+        detail = one_line(exc)
         raise InputError(f"{name}: its chat template cannot render this conversation "
                          f"({type(exc).__name__}: {detail})") from None
 

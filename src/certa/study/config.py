@@ -254,13 +254,3 @@ def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
     where = f":{mark.line + 1}" if mark is not None else ""
     problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
     return f"{where}: malformed YAML ({problem})"
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """The first problem of a pydantic error as one line that names the field."""
-    err = exc.errors()[0]
-    field = ".".join(str(part) for part in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f"unknown key {field!r}"
-    message = str(err["msg"]).removeprefix("Value error, ")
-    return f"field {field!r}: {message}" if field else message
