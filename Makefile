@@ -33,7 +33,7 @@ demo-full: $(STAMP)
 results: $(STAMP)
 	$(VENV)/bin/certa run configs/results.yaml
 
-# The part of it that docs/RESULTS.md shows, sized for a 2-core CPU (320 min of stage compute on a shared
+# The part of it that docs/RESULTS.md shows, sized for a 2-core CPU (295 min of stage compute on a shared
 # machine: its "Run time" table).
 results-cpu: $(STAMP)
 	$(VENV)/bin/certa run configs/results-cpu.yaml
