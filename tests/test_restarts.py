@@ -11,7 +11,14 @@ from certa.errors import InputError
 from certa.methods.conftuner import ConfTuner, ConfTunerConfig
 from certa.records import Record
 from certa.training.config import TrainConfig
-from certa.training.restarts import RESTARTS_DIR, keep_best, restart_configs
+from certa.training.restarts import (
+    RESTARTS_DIR,
+    brier_skill,
+    keep_best,
+    restart_configs,
+    train_runs,
+    wants_another_run,
+)
 from certa.training.trainer import training_seconds
 from certa.training.validation import split_validation
 
@@ -30,9 +37,9 @@ def make_records(n: int = 80) -> list[Record]:
     return records
 
 
-def fake_run(path, seed: int, brier: float | None, **files: str):
+def fake_run(path, seed: int, brier: float | None, accuracy: float = 0.5, **files: str):
     path.mkdir(parents=True)
-    validation = {} if brier is None else {"validation": {"brier": brier, "best_step": 3}}
+    validation = {} if brier is None else {"validation": {"brier": brier, "best_step": 3, "accuracy": accuracy}}
     info = {"method": "conftuner", "base_model": "tiny", "train_config": {"seed": seed}, **validation}
     (path / "certa.json").write_text(json.dumps(info))
     for name, text in files.items():
@@ -98,8 +105,8 @@ def test_split_never_holds_out_a_whole_class():
 
 
 def test_training_with_restarts_keeps_the_best_run_and_a_resume_trains_nothing_again(tiny_lm, tmp_path, monkeypatch):
-    config = ConfTunerConfig(restarts=2, epochs=2, batch_size=16, lr=3e-2, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                             save_every=100, eval_every=2)
+    config = ConfTunerConfig(restarts=2, stall_retries=0, epochs=2, batch_size=16, lr=3e-2, lora_r=4, lora_alpha=8,
+                             lora_dropout=0.0, save_every=100, eval_every=2)
     out = ConfTuner.train(tiny_lm, make_records(), config, tmp_path / "artifact", progress=False)
     runs = sorted((out / RESTARTS_DIR).iterdir())
     assert [r.name for r in runs] == ["seed-0", "seed-1000"]
@@ -124,7 +131,7 @@ def test_the_study_trains_each_restart_as_an_artifact_of_its_own(tiny_model_dir,
     from certa.study.config import RunConfig
 
     config = RunConfig(model=str(tiny_model_dir), out=str(tmp_path), methods=["conftuner"])
-    single = ConfTunerConfig(epochs=1, batch_size=16, lr=3e-2, lora_r=4, lora_alpha=8, save_every=100)
+    single = ConfTunerConfig(epochs=1, batch_size=16, lr=3e-2, lora_r=4, lora_alpha=8, save_every=100, stall_retries=0)
     records = make_records()
     plain = training.train_artifact(config, "conftuner", single, records, tmp_path / "seed-0-alone")
     out = training.train_artifact(config, "conftuner", single.model_copy(update={"restarts": 2}), records,
@@ -138,3 +145,54 @@ def test_the_study_trains_each_restart_as_an_artifact_of_its_own(tiny_model_dir,
     monkeypatch.setattr(training, "load_base_model", lambda *a: pytest.fail("a finished restart was trained again"))
     training.train_artifact(config, "conftuner", single.model_copy(update={"restarts": 2}), records,
                             tmp_path / "restarted")
+
+
+def test_brier_skill_is_one_minus_the_runs_brier_over_the_held_out_constants(tmp_path):
+    # The stalled and the learned seed of the CPU study: accuracy .464 held out, constant Brier .464 * .536.
+    assert brier_skill(fake_run(tmp_path / "stalled", 1, 0.232, accuracy=0.464)) == pytest.approx(1 - 0.232 / 0.248704)
+    assert brier_skill(fake_run(tmp_path / "learned", 0, 0.106, accuracy=0.464)) == pytest.approx(0.573791, abs=1e-6)
+    assert brier_skill(fake_run(tmp_path / "worse", 2, 0.30)) == pytest.approx(1 - 0.30 / 0.25)
+
+
+def test_stall_retries_follow_the_restarts_and_stop_once_a_run_has_skill(tmp_path):
+    config = TrainConfig(restarts=2, stall_retries=2, stall_skill=0.25)
+    assert [c.seed for c in restart_configs(config)] == [0, 1000, 2000, 3000]
+    assert {(c.restarts, c.stall_retries) for c in restart_configs(config)} == {(1, 0)}
+    stalled, learned = fake_run(tmp_path / "a", 0, 0.22), fake_run(tmp_path / "b", 1000, 0.15)  # skill .12, .40
+    assert wants_another_run([learned], config)                      # the restarts always run
+    assert wants_another_run([stalled, stalled], config)
+    assert not wants_another_run([stalled, learned], config)
+    assert not wants_another_run([stalled, stalled], config.model_copy(update={"stall_skill": 0.1}))
+
+
+def test_train_runs_trains_a_retry_only_after_a_stalled_run(tmp_path):
+    config = TrainConfig(stall_retries=2)
+    briers = iter([0.24, 0.12, 0.24])     # stalled, then learned: the third is never trained
+
+    def train_run(k, run_config):
+        return fake_run(tmp_path / f"seed-{run_config.seed}", run_config.seed, next(briers))
+
+    runs = train_runs(config, restart_configs(config), train_run)
+    assert [r.name for r in runs] == ["seed-0", "seed-1000"]
+    all_stalled = train_runs(config, restart_configs(config),
+                             lambda k, c: fake_run(tmp_path / f"stalled-{c.seed}", c.seed, 0.24))
+    assert len(all_stalled) == 3          # one run and both retries, the best of them kept by keep_best
+
+
+def test_without_held_out_answers_stall_retries_train_once_instead_of_failing():
+    assert len(restart_configs(ConfTunerConfig(), make_records())) == 3                  # ConfTuner's default: 2
+    assert len(restart_configs(ConfTunerConfig(), make_records(40))) == 1                # 8 held out: too few
+    assert len(restart_configs(ConfTunerConfig(validation_fraction=0.0), make_records())) == 1
+
+
+def test_conftuner_retries_a_run_below_the_stall_skill_and_keeps_the_best(tiny_lm, tmp_path):
+    # stall_skill 1 counts every run as stalled, so both retries train; each run's skill is in the artifact.
+    config = ConfTunerConfig(stall_retries=1, stall_skill=1.0, epochs=1, batch_size=16, lr=3e-2, lora_r=4,
+                             lora_alpha=8, lora_dropout=0.0, save_every=100)
+    out = ConfTuner.train(tiny_lm, make_records(), config, tmp_path / "artifact", progress=False)
+    assert sorted(r.name for r in (out / RESTARTS_DIR).iterdir()) == ["seed-0", "seed-1000"]
+    runs = json.loads((out / "certa.json").read_text())["restarts"]["runs"]
+    assert [r["seed"] for r in runs] == [0, 1000]
+    for run in runs:
+        assert run["held_out_brier_skill"] == pytest.approx(brier_skill(out / run["path"]))
+    assert "skill" in (out / "README.md").read_text()

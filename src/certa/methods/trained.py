@@ -25,7 +25,7 @@ from ..errors import InputError, validation_error
 from ..models.artifact import ARTIFACT_FILE
 from ..recalibration import CalibrationMap
 from ..training.config import TrainConfig
-from ..training.restarts import keep_best, restart_configs, restart_dir
+from ..training.restarts import keep_best, restart_configs, restart_dir, train_runs
 from ..training.trainer import train
 from .base import ModelReadoutMethod, Needs
 
@@ -97,9 +97,10 @@ class TrainedMethod(ModelReadoutMethod):
         carries the new adapter). ``resume=True`` continues from the newest
         checkpoint in ``out_dir``. Load the result with ``certa.load_model(out_dir)``.
 
-        With ``config.restarts > 1`` each run trains its own copy (the last one
-        ``lm`` itself when ``in_place``) into ``out_dir/restarts/seed-N``, and the
-        run with the lowest held-out Brier score becomes the artifact
+        With ``config.restarts > 1`` or ``config.stall_retries`` (and held-out
+        answers), each run trains its own copy (the last possible one ``lm`` itself
+        when ``in_place``) into ``out_dir/restarts/seed-N``, and the run with the
+        lowest held-out Brier score becomes the artifact
         (:mod:`certa.training.restarts`); resuming skips the runs already finished.
         """
         resolved = cls.resolve_config(config)
@@ -109,14 +110,15 @@ class TrainedMethod(ModelReadoutMethod):
             raise InputError(f"{cls.name}: no training records given")
         cls.check_training_records(records)
         out = Path(out_dir) if out_dir is not None else Path(f"{cls.name}-artifact")
-        if resolved.restarts > 1:
-            configs = restart_configs(resolved, records)
-            runs = [restart_dir(out, c) for c in configs]
-            for k, (run_config, run) in enumerate(zip(configs, runs, strict=True)):
+        configs = restart_configs(resolved, records)
+        if len(configs) > 1:
+            def train_run(k: int, run_config: TrainConfig) -> Path:
+                run = restart_dir(out, run_config)
                 if not (resume and _finished_as(run, run_config)):
                     cls.train(lm, records, run_config, run, resume=resume,
                               in_place=in_place and k == len(configs) - 1, progress=progress)
-            return keep_best(runs, out)
+                return run
+            return keep_best(train_runs(resolved, configs, train_run), out)
         target = lm if in_place else dataclasses.replace(
             lm, model=copy.deepcopy(lm.model), tokenizer=copy.deepcopy(lm.tokenizer), adapters={})
         return train(cls.make_objective(resolved), target, records, resolved, out, resume=resume, progress=progress)

@@ -283,9 +283,12 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
                       f"answers {_round(val.get('brier'))}; {mapped}."]
     restarts = info.get("restarts") or {}
     if restarts.get("runs"):
-        scores = ", ".join(f"seed {run['seed']} {_round(run['held_out_brier'])}" for run in restarts["runs"])
+        scores = ", ".join(f"seed {run['seed']} {_round(run['held_out_brier'])}"
+                           + (f" (skill {_round(run['held_out_brier_skill'])})" if "held_out_brier_skill" in run else "")
+                           for run in restarts["runs"])
         lines += ["", f"Trained {len(restarts['runs'])} times from different seeds; kept seed {restarts['kept_seed']}, "
-                      f"the lowest Brier score on the held-out training answers ({scores})."]
+                      f"the lowest Brier score on the held-out training answers ({scores}; skill: 1 − the Brier score / "
+                      "that of the held-out accuracy as a constant)."]
     versions = info.get("versions") or {}
     lines += ["", "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded",
               "", "## License", "",

@@ -13,7 +13,7 @@ from ..methods.base import MethodSpec
 from ..models import load_base_model
 from ..records import Record, atomic_write_text
 from ..training.config import TrainConfig
-from ..training.restarts import keep_best, restart_configs, restart_dir
+from ..training.restarts import keep_best, restart_configs, restart_dir, train_runs
 from ..training.trainer import CHECKPOINT_DIR, TRAIN_LOG
 from .config import RunConfig
 from .stages import fingerprint, record_key, stamp_is
@@ -62,9 +62,10 @@ def train_artifact(config: RunConfig, method: str, train_config: TrainConfig, re
         log.info("reusing trained %s at %s", method, out)
         return out
     _start_or_resume(out, made_from)
-    if train_config.restarts > 1:  # each run is an artifact of its own, reused by its own fingerprint
-        runs = [train_artifact(config, method, c, records, restart_dir(out, c))
-                for c in restart_configs(train_config, records)]
+    configs = restart_configs(train_config, records)
+    if len(configs) > 1:  # each run is an artifact of its own, reused by its own fingerprint
+        runs = train_runs(train_config, configs, lambda _, run_config: train_artifact(
+            config, method, run_config, records, restart_dir(out, run_config)))
         keep_best(runs, out, skip=(TRAINED_FROM, TRAINING_FOR))
         atomic_write_text(out / TRAINED_FROM, made_from)
         return out

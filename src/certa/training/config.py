@@ -50,6 +50,13 @@ class TrainConfig(BaseModel):
     restarts: int = Field(
         1, ge=1, description="train this many times (seeds seed, seed + 1000, ...) on one held-out split and keep the "
         "run with the lowest held-out Brier score, so a run stalled on a plateau is not the one kept; 1: train once")
+    stall_retries: int = Field(
+        0, ge=0, description="further runs (seeds continuing restarts') trained while the best run so far has a "
+        "held-out Brier skill score below stall_skill; the best is kept as with restarts. Tells a run stalled on a "
+        "plateau (every answer read at about one level) from one that learned; without held-out answers, none")
+    stall_skill: float = Field(
+        0.25, gt=0, le=1, description="held-out Brier skill score (1 - Brier / the Brier of the held-out accuracy "
+        "as a constant) below which a run counts as stalled and stall_retries train another")
     prefix_cache_gb: float = Field(
         4.0, ge=0, description="memory (CPU) for reusing the base model's encoding of each training answer across "
         "epochs in suffix mode; answers beyond it are encoded at every step; 0 turns the reuse off")

@@ -10,6 +10,14 @@ split), so the scores compare like with like; their seeds are
 :data:`RESTART_SEED_STRIDE` apart, so restarts of seeds 0, 1 and 2 (a seed
 study) never share a run. The first run is exactly the single training of
 ``seed``.
+
+Stall retries are restarts trained only when needed: after the ``restarts``
+runs, another run is trained while the best so far has a held-out *Brier skill
+score* (1 − its Brier score / the Brier score of the held-out accuracy as a
+constant) below ``stall_skill``, up to ``stall_retries`` more. A run that
+learned nothing but the base rate scores near 0 (the study's stalled ConfTuner
+seeds .07 and .13, the one that learned .57), so a training that does not stall
+costs one run.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,20 +52,36 @@ _NEEDS_HELD_OUT = ("restarts need held-out answers: validation_fraction > 0 and 
 
 
 def restart_configs(config: TrainConfig, records: Sequence[Record] | None = None) -> list[TrainConfig]:
-    """One single-run config per restart: seeds ``seed + k·stride``, each holding out the first run's split.
+    """One single-run config per run that may train: seeds ``seed + k·stride``, each holding out the first run's split.
 
-    With ``records``, refuses (before anything trains) a split that holds out nothing to choose by.
+    The ``restarts`` runs come first, then the ``stall_retries`` ones (trained only
+    while :func:`wants_another_run`). With ``records``, refuses (before anything
+    trains) restarts over a split that holds out nothing to choose by, and drops
+    the stall retries, which have nothing to measure a stall on.
     """
-    if records is not None and not split_validation(records, config)[1]:
+    held_out = records is None or bool(split_validation(records, config)[1])
+    if config.restarts > 1 and not held_out:
         raise InputError(f"restarts: {config.restarts} runs but no held-out answers to choose among them "
                          f"({_NEEDS_HELD_OUT})")
     split = config.seed if config.validation_seed is None else config.validation_seed
     configs = []
-    for k in range(config.restarts):
+    for k in range(config.restarts + (config.stall_retries if held_out else 0)):
         seed = config.seed + k * RESTART_SEED_STRIDE
         configs.append(config.model_copy(update={
-            "seed": seed, "restarts": 1, "validation_seed": None if split == seed else split}))
+            "seed": seed, "restarts": 1, "stall_retries": 0,
+            "validation_seed": None if split == seed else split}))
     return configs
+
+
+def wants_another_run(runs: Sequence[str | os.PathLike[str]], config: TrainConfig) -> bool:
+    """Whether to train the next of :func:`restart_configs` after the finished ``runs``.
+
+    Yes while fewer than ``restarts`` have run; after that, only while every run's
+    held-out Brier skill score is below ``stall_skill`` (the stall retries).
+    """
+    if len(runs) < config.restarts:
+        return True
+    return max(brier_skill(run) for run in runs) < config.stall_skill
 
 
 def restart_dir(out: str | os.PathLike[str], config: TrainConfig) -> Path:
@@ -72,6 +96,31 @@ def held_out_brier(run: str | os.PathLike[str]) -> float:
     if value is None or not math.isfinite(float(value)):
         raise InputError(f"{run}: no held-out Brier score to choose a restart by ({_NEEDS_HELD_OUT})")
     return float(value)
+
+
+def train_runs(config: TrainConfig, configs: Sequence[TrainConfig],
+               train_run: Callable[[int, TrainConfig], Path]) -> list[Path]:
+    """Train ``configs`` (from :func:`restart_configs`) in order with ``train_run(k, run_config)``, each only
+    while :func:`wants_another_run` after the ones before; the trained runs' directories."""
+    runs: list[Path] = []
+    for k, run_config in enumerate(configs):
+        if runs and not wants_another_run(runs, config):
+            break
+        runs.append(Path(train_run(k, run_config)))
+    return runs
+
+
+def brier_skill(run: str | os.PathLike[str]) -> float:
+    """A trained run's held-out Brier skill score: 1 − its Brier score / that of the held-out accuracy as a constant.
+
+    0 for a run no better than the base rate, 1 for a perfect one; uses the
+    binary constant's Brier score, accuracy·(1 − accuracy).
+    """
+    accuracy = (read_artifact_info(run).get("validation") or {}).get("accuracy")
+    if accuracy is None:
+        raise InputError(f"{run}: no held-out accuracy to measure a stall by ({_NEEDS_HELD_OUT})")
+    constant = float(accuracy) * (1.0 - float(accuracy))
+    return 1.0 - held_out_brier(run) / constant if constant > 0 else 0.0
 
 
 def keep_best(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
@@ -99,7 +148,8 @@ def keep_best(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str
     info["restarts"] = {
         "criterion": "held-out Brier score at the step early stopping kept",
         "kept_seed": _seed(runs[best]),
-        "runs": [{"seed": _seed(run), "held_out_brier": score, "path": os.path.relpath(run, target)}
+        "runs": [{"seed": _seed(run), "held_out_brier": score, "held_out_brier_skill": brier_skill(run),
+                  "path": os.path.relpath(run, target)}
                  for run, score in zip(runs, scores, strict=True)],
     }
     text = json.dumps(info, indent=2, default=str) + "\n"

@@ -18,6 +18,10 @@ class ConfTunerConfig(TrainConfig):
     prompt: Literal["cue", "follow_up"] = Field(
         "cue", description="how the confidence is asked for after the answer: cue (only 'Confidence:', a few "
         "tokens: the tuned read-out costs almost nothing) or follow_up (the untrained verbalized request, ~40 tokens)")
+    stall_retries: int = Field(
+        2, ge=0, description="further runs trained while the best run so far has a held-out Brier skill score below "
+        "stall_skill (the best is kept). The tokenized Brier score's gradient vanishes once the level softmax has "
+        "saturated, so a run can stall at the base-rate level: 2 of 3 seeds did on the CPU study (docs/conftuner.md)")
     target_modules: list[str] = Field(
         default_factory=lambda: [ALL_LINEAR],
         description="module names that get LoRA; default: every linear layer but the output head. The paper put "
