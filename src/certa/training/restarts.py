@@ -111,10 +111,11 @@ def train_runs(config: TrainConfig, configs: Sequence[TrainConfig],
 
 
 def brier_skill(run: str | os.PathLike[str]) -> float:
-    """A trained run's held-out Brier skill score: 1 − its Brier score / that of the held-out accuracy as a constant.
+    """A trained run's held-out Brier skill score: 1 − its Brier score / that of the accuracy as a constant.
 
-    0 for a run no better than the base rate, 1 for a perfect one; uses the
-    binary constant's Brier score, accuracy·(1 − accuracy).
+    0 for a run no better than the base rate, 1 for a perfect one. The constant's
+    Brier score is accuracy·(1 − accuracy), with the training accuracy the
+    artifact records (the held-out share is stratified to match it).
     """
     accuracy = (read_artifact_info(run).get("validation") or {}).get("accuracy")
     if accuracy is None:
