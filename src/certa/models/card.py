@@ -288,7 +288,7 @@ def _body(info: Mapping[str, Any], meta: Mapping[str, Any]) -> str:
                            for run in restarts["runs"])
         lines += ["", f"Trained {len(restarts['runs'])} times from different seeds; kept seed {restarts['kept_seed']}, "
                       f"the lowest Brier score on the held-out training answers ({scores}; skill: 1 − the Brier score / "
-                      "that of the held-out accuracy as a constant)."]
+                      "that of the training accuracy as a constant)."]
     versions = info.get("versions") or {}
     lines += ["", "## Software", "", ", ".join(f"{k} {v}" for k, v in versions.items() if v) or "not recorded",
               "", "## License", "",

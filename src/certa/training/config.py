@@ -55,7 +55,7 @@ class TrainConfig(BaseModel):
         "held-out Brier skill score below stall_skill; the best is kept as with restarts. Tells a run stalled on a "
         "plateau (every answer read at about one level) from one that learned; without held-out answers, none")
     stall_skill: float = Field(
-        0.25, gt=0, le=1, description="held-out Brier skill score (1 - Brier / the Brier of the held-out accuracy "
+        0.25, gt=0, le=1, description="held-out Brier skill score (1 - Brier / the Brier of the training accuracy "
         "as a constant) below which a run counts as stalled and stall_retries train another")
     prefix_cache_gb: float = Field(
         4.0, ge=0, description="memory (CPU) for reusing the base model's encoding of each training answer across "

@@ -13,8 +13,8 @@ study) never share a run. The first run is exactly the single training of
 
 Stall retries are restarts trained only when needed: after the ``restarts``
 runs, another run is trained while the best so far has a held-out *Brier skill
-score* (1 − its Brier score / the Brier score of the held-out accuracy as a
-constant) below ``stall_skill``, up to ``stall_retries`` more. A run that
+score* (1 − its Brier score / that of the training accuracy as a constant)
+below ``stall_skill``, up to ``stall_retries`` more. A run that
 learned nothing but the base rate scores near 0 (the study's stalled ConfTuner
 seeds .07 and .13, the one that learned .57), so a training that does not stall
 costs one run.
