@@ -25,6 +25,41 @@ def test_tokenized_brier_hand_value():
     assert tokenized_brier(probs, correct, scores).item() == pytest.approx(0.1375)
 
 
+@pytest.mark.parametrize(("spread_weight", "expected"), [(1.0, 0.1375), (0.5, 0.099375), (0.0, 0.06125)])
+def test_tokenized_brier_splits_into_expected_confidence_brier_and_spread(spread_weight, expected):
+    scores = torch.tensor([0.0, 0.5, 1.0])
+    probs = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])
+    correct = torch.tensor([1.0, 0.0])
+    # row 1: E = 0.3·0.5 + 0.5·1 = 0.65, (1 − E)² = 0.1225,
+    #        spread = 0.2·0.65² + 0.3·0.15² + 0.5·0.35² = 0.0845 + 0.00675 + 0.06125 = 0.1525 (0.1225 + 0.1525 = 0.275)
+    # row 2: E = 0, error 0, spread 0.  Mean: (0.1225 + w·0.1525) / 2
+    assert tokenized_brier(probs, correct, scores, spread_weight).item() == pytest.approx(expected)
+
+
+def _fit_levels_to_a_base_rate(spread_weight: float) -> torch.Tensor:
+    """Gradient descent on one shared level distribution over answers 45% of which are right."""
+    scores = torch.linspace(0.0, 1.0, 11)
+    logits = torch.zeros(11, requires_grad=True)
+    correct = torch.tensor([1.0] * 9 + [0.0] * 11)
+    optimizer = torch.optim.SGD([logits], lr=2.0)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        probs = logits.softmax(-1).expand(len(correct), -1)
+        tokenized_brier(probs, correct, scores, spread_weight).backward()
+        optimizer.step()
+    return logits.detach().softmax(-1)
+
+
+def test_the_spread_term_is_what_drives_the_levels_to_one_hot():
+    scores = torch.linspace(0.0, 1.0, 11)
+    paper, no_spread = _fit_levels_to_a_base_rate(1.0), _fit_levels_to_a_base_rate(0.0)
+    # The paper's loss piles the mass on the level nearest the rate (0.4 or 0.5, equally near 0.45) ...
+    assert float(paper[4] + paper[5]) > 0.95
+    # ... without the spread term the expected confidence still fits the rate, and the levels stay spread.
+    assert float(no_spread @ scores) == pytest.approx(0.45, abs=1e-3)
+    assert float(no_spread.max()) < 0.5
+
+
 def test_response_lm_loss_hand_value_and_masking():
     # logits[t] predicts labels[t+1]. Position 0: p(token 1) = 3/(1+3) = 0.75; position 1: p(token 0) = 4/5.
     logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(4.0), 0.0], [5.0, -5.0]]])

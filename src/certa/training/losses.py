@@ -29,7 +29,8 @@ def grace_calibration_loss(conf: torch.Tensor, target: torch.Tensor, kind: str =
     raise ValueError(f"unknown GrACE calibration loss {kind!r}; use 'mse' or 'bce'")
 
 
-def tokenized_brier(probs: torch.Tensor, correct: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+def tokenized_brier(probs: torch.Tensor, correct: torch.Tensor, scores: torch.Tensor,
+                    spread_weight: float = 1.0) -> torch.Tensor:
     """ConfTuner's tokenized Brier score: mean over the batch of Σ_i p_i (y − s_i)².
 
     ``probs`` [B, N]: each row a distribution over the N confidence tokens (a
@@ -38,10 +39,21 @@ def tokenized_brier(probs: torch.Tensor, correct: torch.Tensor, scores: torch.Te
     linear in ``probs``, so for a fixed correctness rate its minimiser is a
     one-hot row on the score nearest that rate — a proper scoring rule over
     the scores.
+
+    With E = Σ_i p_i s_i it splits exactly into (y − E)² + Σ_i p_i (s_i − E)²:
+    the Brier score of the expected confidence plus the spread of the levels.
+    ``spread_weight`` scales the second term; 1 is the paper's loss. The
+    spread term is what pushes a row to one-hot, and a saturated softmax has
+    no gradient left to learn from; with a weight below 1 the expected
+    confidence is still fitted by a proper scoring rule (the Brier score of E).
     """
     y = correct.to(probs.dtype).unsqueeze(-1)
-    squared_error = (y - scores.to(probs.dtype).unsqueeze(0)) ** 2
-    return (probs * squared_error).sum(dim=-1).mean()
+    scores = scores.to(probs.dtype).unsqueeze(0)
+    if spread_weight == 1.0:
+        return (probs * (y - scores) ** 2).sum(dim=-1).mean()
+    expected = (probs * scores).sum(dim=-1, keepdim=True)
+    spread = (probs * (scores - expected) ** 2).sum(dim=-1)
+    return ((y - expected).squeeze(-1) ** 2 + spread_weight * spread).mean()
 
 
 def response_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,16 @@ class ConfTunerConfig(TrainConfig):
     prompt: Literal["cue", "follow_up"] = Field(
         "cue", description="how the confidence is asked for after the answer: cue (only 'Confidence:', a few "
         "tokens: the tuned read-out costs almost nothing) or follow_up (the untrained verbalized request, ~40 tokens)")
+    spread_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="weight of the level spread Σ p_i (s_i − E)² in the loss: the tokenized "
+        "Brier score is (y − E)² plus that spread, with E = Σ p_i s_i the expected confidence certa reads. 1 is the "
+        "paper's loss; 0 (the default) the Brier score of E, still a proper scoring rule. The spread term drives the "
+        "level softmax to one-hot, where its gradient vanishes: on the CPU study's stalled split the paper's loss "
+        "stalled at the base rate in 3 runs of 3, the default in none of 2 (docs/conftuner.md)")
     stall_retries: int = Field(
         2, ge=0, description="further runs trained while the best run so far has a held-out Brier skill score below "
-        "stall_skill (the best is kept). The tokenized Brier score's gradient vanishes once the level softmax has "
-        "saturated, so a run can stall at the base-rate level: 2 of 3 seeds did on the CPU study (docs/conftuner.md)")
+        "stall_skill (the best is kept): a run can stall at the base-rate level, as 2 of 3 seeds did on the CPU study "
+        "with the paper's loss (spread_weight 1; docs/conftuner.md)")
     target_modules: list[str] = Field(
         default_factory=lambda: [ALL_LINEAR],
         description="module names that get LoRA; default: every linear layer but the output head. The paper put "

@@ -26,7 +26,8 @@ METHOD = "conftuner"
 
 class ConfTunerObjective:
     """No added tokens; the restricted softmax over the confidence levels after the verbal suffix is
-    trained with the tokenized Brier score.
+    trained with the tokenized Brier score, its level-spread term weighted by ``spread_weight`` (0 by default:
+    the Brier score of the expected confidence; 1: the paper's loss).
 
     ``suffix`` mode (default): prompt and answer are encoded once without
     gradients by the base model and the adapter runs on the suffix alone — the
@@ -88,10 +89,11 @@ class ConfTunerObjective:
 
     def loss(self, lm: LoadedModel, batch: dict[str, Any], config: ConfTunerConfig
              ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Tokenized Brier over the restricted softmax at the read-out (+ λ·LM loss in full mode)."""
+        """Tokenized Brier (spread term × ``spread_weight``) over the restricted softmax at the read-out, + λ·LM loss in
+        full mode."""
         probs, logits = self._levels(lm, batch)
         scores = torch.tensor(self._tokens().scores, dtype=probs.dtype, device=probs.device)
-        brier = tokenized_brier(probs, batch["correct"].to(probs.device), scores)
+        brier = tokenized_brier(probs, batch["correct"].to(probs.device), scores, config.spread_weight)
         scalars = {"brier": float(brier.detach()), "mean_confidence": float((probs @ scores).mean().detach())}
         if logits is None:
             return brier, scalars
