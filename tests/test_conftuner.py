@@ -204,28 +204,28 @@ def test_the_prefix_store_keeps_the_same_answers_and_slots_whatever_the_order_of
             assert torch.equal(k1, k2) and torch.equal(v1, v2)
 
 
-def test_the_papers_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):
-    papers = config(spread_weight=1.0)
-    objective = ConfTunerObjective(papers)
-    objective.prepare(tiny_lm, papers)
-    records = make_records()[:3]
-    batch = objective.collate(tiny_lm, objective.build_items(tiny_lm, records, papers))
+def objective_loss(lm, records, settings: ConfTunerConfig) -> tuple[float, dict[str, float]]:
+    """The objective's loss on one batch of ``records``, without gradients."""
+    objective = ConfTunerObjective(settings)
+    objective.prepare(lm, settings)
+    batch = objective.collate(lm, objective.build_items(lm, records, settings))
     with torch.no_grad():
-        loss, scalars = objective.loss(tiny_lm, batch, papers)
-    assert float(loss) == pytest.approx(brier_of(tiny_lm, records), abs=1e-5)
+        loss, scalars = objective.loss(lm, batch, settings)
+    return float(loss), scalars
+
+
+def test_the_papers_loss_is_the_tokenized_brier_of_the_readout(tiny_lm):
+    records = make_records()[:3]
+    loss, scalars = objective_loss(tiny_lm, records, config(spread_weight=1.0))
+    assert loss == pytest.approx(brier_of(tiny_lm, records), abs=1e-5)
     assert set(scalars) == {"brier", "mean_confidence"}
 
 
 def test_loss_without_the_spread_term_is_the_brier_of_the_expected_confidence(tiny_lm):
-    settings = config(spread_weight=0.0)
-    objective = ConfTunerObjective(settings)
-    objective.prepare(tiny_lm, settings)
     records = make_records()[:3]
-    batch = objective.collate(tiny_lm, objective.build_items(tiny_lm, records, settings))
-    with torch.no_grad():
-        loss, _ = objective.loss(tiny_lm, batch, settings)
-    assert float(loss) == pytest.approx(expected_confidence_brier_of(tiny_lm, records), abs=1e-5)
-    assert float(loss) < brier_of(tiny_lm, records) - 1e-3  # the spread term is really gone
+    loss, _ = objective_loss(tiny_lm, records, config(spread_weight=0.0))
+    assert loss == pytest.approx(expected_confidence_brier_of(tiny_lm, records), abs=1e-5)
+    assert loss < brier_of(tiny_lm, records) - 1e-3  # the spread term is really gone
 
 
 def _lora_on_last(model, keep: int, adapter: str = "default"):
