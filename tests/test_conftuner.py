@@ -65,7 +65,7 @@ def brier_of(lm, records) -> float:
 
 
 def expected_confidence_brier_of(lm, records) -> float:
-    """The Brier score of the expected confidence: the loss the default (spread weight 0) trains."""
+    """The Brier score of the expected confidence (what certa reports): the loss at spread weight 0."""
     probs, tokens = level_probabilities(lm, records)
     expected = np.asarray(probs) @ np.asarray(tokens.scores)
     return float(np.mean((expected - np.array([r.correct for r in records])) ** 2))
@@ -272,7 +272,7 @@ def test_suffix_training_equals_a_full_forward_with_the_adapter_on_the_suffix(ti
     y = torch.tensor([it["correct"] for it in items])
     full = tokenized_brier(probs, y, torch.tensor(objective.tokens.scores, dtype=probs.dtype), cfg.spread_weight)
     reference = torch.autograd.grad(full, [p for p in lm.model.parameters() if p.requires_grad])
-    assert float(loss) == pytest.approx(float(full), abs=1e-6)
+    assert loss.item() == pytest.approx(full.item(), abs=1e-6)
     for a, b in zip(cached, reference, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in cached)

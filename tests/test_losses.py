@@ -71,12 +71,33 @@ def test_response_lm_loss_hand_value_and_masking():
     assert response_lm_loss(logits, masked).item() == pytest.approx(-math.log(0.8))
 
 
-def _expected_brier(probs: torch.Tensor, q: float, scores: torch.Tensor) -> torch.Tensor:
+def _expected_brier(probs: torch.Tensor, q: float, scores: torch.Tensor, spread_weight: float = 1.0) -> torch.Tensor:
     """E over y ~ Bernoulli(q) of the tokenized Brier score of each row of ``probs``."""
     ones, zeros = torch.ones(len(probs)), torch.zeros(len(probs))
-    per_row_1 = torch.stack([tokenized_brier(p[None], ones[:1], scores) for p in probs])
-    per_row_0 = torch.stack([tokenized_brier(p[None], zeros[:1], scores) for p in probs])
+    per_row_1 = torch.stack([tokenized_brier(p[None], ones[:1], scores, spread_weight) for p in probs])
+    per_row_0 = torch.stack([tokenized_brier(p[None], zeros[:1], scores, spread_weight) for p in probs])
     return q * per_row_1 + (1 - q) * per_row_0
+
+
+@pytest.mark.parametrize(("spread_weight", "mass_above"), [(0.1, 0.15 / 0.9), (0.25, 0.1), (0.5, 0.0)])
+def test_a_partial_spread_weight_puts_the_best_mass_on_the_levels_around_the_rate(spread_weight, mass_above):
+    # Rate q = .42 between the levels .4 and .5 (gap h = .1, d = q − .4 = .02). On those two levels with mass t
+    # on .5 the expected loss is (d − t·h)² + w·t(1 − t)·h² + const, least at t = (d/h − w/2) / (1 − w), clipped
+    # to [0, 1]: w = .25 gives t = (.2 − .125) / .75 = .1 (E = .41), w = .1 gives .15 / .9, w = .5 gives 0.
+    scores = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
+    q = 0.42
+    best = torch.zeros(11, dtype=torch.float64)
+    best[4], best[5] = 1.0 - mass_above, mass_above
+    best_loss = _expected_brier(best[None], q, scores, spread_weight)
+    others = torch.cat([torch.eye(11, dtype=torch.float64),
+                        torch.distributions.Dirichlet(torch.ones(11, dtype=torch.float64)).sample((300,)),
+                        torch.distributions.Dirichlet(10 * best + 0.01).sample((300,))])
+    assert (_expected_brier(others, q, scores, spread_weight) >= best_loss - 1e-12).all()
+    # The argmax is the level nearest the rate, and the expected confidence is off the rate by w/(1 − w)·(d − h/2)
+    # at most (here exactly, since t is inside [0, 1] for w < .4).
+    assert int(best.argmax()) == 4
+    if mass_above > 0:
+        assert float(best @ scores) == pytest.approx(q + spread_weight / (1 - spread_weight) * (0.02 - 0.05))
 
 
 @pytest.mark.parametrize("q", [0.0, 0.13, 0.5, 0.62, 0.871, 1.0])

@@ -19,11 +19,13 @@ class ConfTunerConfig(TrainConfig):
         "cue", description="how the confidence is asked for after the answer: cue (only 'Confidence:', a few "
         "tokens: the tuned read-out costs almost nothing) or follow_up (the untrained verbalized request, ~40 tokens)")
     spread_weight: float = Field(
-        0.0, ge=0.0, le=1.0, description="weight of the level spread Σ p_i (s_i − E)² in the loss: the tokenized "
+        0.1, ge=0.0, le=1.0, description="weight of the level spread Σ p_i (s_i − E)² in the loss: the tokenized "
         "Brier score is (y − E)² plus that spread, with E = Σ p_i s_i the expected confidence certa reads. 1 is the "
-        "paper's loss; 0 (the default) the Brier score of E, still a proper scoring rule. The spread term drives the "
-        "level softmax to one-hot, where its gradient vanishes: on the CPU study's stalled split the paper's loss "
-        "stalled at the base rate in 3 runs of 3, the default in none of 2 (docs/conftuner.md)")
+        "paper's loss, 0 the Brier score of E. The spread term drives the level softmax to one-hot, where its "
+        "gradient vanishes (the paper's loss stalled at the base rate in 3 runs of 3 on the CPU study's stalled "
+        "split); without it the said level ('Confidence: N', the argmax) is unconstrained. Any w in (0, 1) puts "
+        "the best mass on the two levels around the accuracy, the nearer one the argmax, with E off by at most "
+        "w/(1 − w) of half a level gap; 0.1 trained best on that split (docs/conftuner.md)")
     stall_retries: int = Field(
         2, ge=0, description="further runs trained while the best run so far has a held-out Brier skill score below "
         "stall_skill (the best is kept): a run can stall at the base-rate level, as 2 of 3 seeds did on the CPU study "
