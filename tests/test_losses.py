@@ -86,18 +86,22 @@ def test_a_partial_spread_weight_puts_the_best_mass_on_the_levels_around_the_rat
     # to [0, 1]: w = .25 gives t = (.2 − .125) / .75 = .1 (E = .41), w = .1 gives .15 / .9, w = .5 gives 0.
     scores = torch.linspace(0.0, 1.0, 11, dtype=torch.float64)
     q = 0.42
-    best = torch.zeros(11, dtype=torch.float64)
-    best[4], best[5] = 1.0 - mass_above, mass_above
-    best_loss = _expected_brier(best[None], q, scores, spread_weight)
+    t = torch.linspace(0.0, 1.0, 2001, dtype=torch.float64)
+    two_levels = torch.zeros(len(t), 11, dtype=torch.float64)
+    two_levels[:, 4], two_levels[:, 5] = 1.0 - t, t
+    losses = _expected_brier(two_levels, q, scores, spread_weight)
+    best = two_levels[int(losses.argmin())]
+    assert float(best[5]) == pytest.approx(mass_above, abs=1e-3)
+    # No distribution off those two levels does better: not a one-hot, not a random one.
     others = torch.cat([torch.eye(11, dtype=torch.float64),
                         torch.distributions.Dirichlet(torch.ones(11, dtype=torch.float64)).sample((300,)),
                         torch.distributions.Dirichlet(10 * best + 0.01).sample((300,))])
-    assert (_expected_brier(others, q, scores, spread_weight) >= best_loss - 1e-12).all()
-    # The argmax is the level nearest the rate, and the expected confidence is off the rate by w/(1 − w)·(d − h/2)
-    # at most (here exactly, since t is inside [0, 1] for w < .4).
+    assert (_expected_brier(others, q, scores, spread_weight) >= losses.min() - 1e-12).all()
+    # So the said level (the argmax) is the one nearest the rate, and the expected confidence is off the rate by
+    # w/(1 − w)·(d − h/2) where t lies inside [0, 1] (w < .4 here), by d = .02 where it is clipped to 0.
     assert int(best.argmax()) == 4
-    if mass_above > 0:
-        assert float(best @ scores) == pytest.approx(q + spread_weight / (1 - spread_weight) * (0.02 - 0.05))
+    offset = spread_weight / (1 - spread_weight) * (0.02 - 0.05) if mass_above > 0 else -0.02
+    assert float(best @ scores) == pytest.approx(q + offset, abs=1e-4)
 
 
 @pytest.mark.parametrize("q", [0.0, 0.13, 0.5, 0.62, 0.871, 1.0])
