@@ -5,8 +5,9 @@ Each built-in artifact is a directory ``certa/artifacts/<name>/`` holding a slim
 model card). Its tokenizer is the base model's plus the tokens the method added, which
 ``certa.json`` lists (``added_tokens``), so the 3.5 MB tokenizer file of the default model is
 not shipped once per artifact. They are built from bundled data by one
-command, ``make artifacts`` (``certa run configs/results-cpu.yaml``, the study behind
-docs/RESULTS.md, then ``python -m certa.models.bundling runs/results``), and shipped as package data (10 MB at most in all).
+command, ``make artifacts`` (``certa run configs/results-trained-check.yaml``, GrACE and ConfTuner with the
+settings the results-cpu search chose, then ``python -m certa.models.bundling runs/results-trained-check``), and
+shipped as package data (10 MB at most in all).
 
 This module only names them and finds their files; it imports nothing else from ``models/``,
 so the base-model loader can list the ones present.

@@ -1,9 +1,10 @@
 """Copy trained artifacts into the package as built-in artifacts (the last step of ``make artifacts``).
 
-``python -m certa.models.bundling runs/results`` takes the study that ``configs/results-cpu.yaml``
-describes (the one behind docs/RESULTS.md), and for every built-in artifact (:data:`~certa.models.bundled.BUNDLED_ARTIFACTS`)
-copies the artifact the study's tables used for its method (the tuning search's winner in
-``runs/results/tuning/<method>/``, else ``runs/results/artifacts/<method>/``) into ``src/certa/artifacts/<name>/`` as a slim
+``python -m certa.models.bundling runs/results-trained-check`` takes the output directory of a ``certa run``
+study (``make artifacts`` runs ``configs/results-trained-check.yaml``), and for every built-in artifact
+(:data:`~certa.models.bundled.BUNDLED_ARTIFACTS`) copies the artifact the study's tables used for its method (the
+tuning search's winner in ``<study>/tuning/<method>/``, else ``<study>/artifacts/<method>/``) into
+``src/certa/artifacts/<name>/`` as a slim
 artifact: the adapter (its LoRA matrices in float16), ``adapter_config.json`` and ``certa.json`` (plus the tokens the method added
 and the study's datasets), without checkpoints, logs or the base model's tokenizer. The study's
 held-out metrics (its ``metrics.json``: pooled and per dataset, with bootstrap intervals) go into
@@ -126,7 +127,7 @@ def study_artifact(study_dir: Path, study: Mapping[str, Any], method: str) -> Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m certa.models.bundling", description=__doc__.splitlines()[0])
-    parser.add_argument("study", type=Path, help="output directory of a `certa run` study (make artifacts: runs/results)")
+    parser.add_argument("study", type=Path, help="output directory of a `certa run` study (make artifacts: runs/results-trained-check)")
     parser.add_argument("--root", type=Path, default=None, help="where to write (default: the package's artifacts)")
     parser.add_argument("--with-tokenizer", action="store_true", help="also copy the tokenizer files")
     args = parser.parse_args(argv)
